@@ -1,0 +1,84 @@
+"""The analyzer plugin contract (README 'Writing an analyzer').
+
+An analyzer is a class with a name, a description, a declaration of what it needs from a
+trace and its parameters with defaults, and one method, :meth:`Analyzer.analyze`, that reads
+a :class:`tracefmt.Trace` and returns an :class:`AnalyzerResult`. Analyzers are registered
+through the entry-point group ``tracefmt.analyzers`` (built-ins too) and never import a
+framework (torch, onnx).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tracefmt.findings import Finding
+
+if TYPE_CHECKING:
+    from tracefmt import Trace
+
+__all__ = ["Analyzer", "AnalyzerResult", "Needs", "Param"]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an analyzer needs from a trace; unmet needs skip it with a stated reason.
+
+    Args:
+        tables: Tables that must be present and non-empty ('records', 'scalars', 'predictions').
+        kinds: Record kinds that must occur (any one of them is enough if ``any_kind``).
+        columns: Record columns that must have at least one non-null value.
+        scalars: Scalar series names of which at least one must exist (empty: none needed).
+        any_kind: True if one of ``kinds`` suffices. Defaults to False (all are needed).
+    """
+
+    tables: tuple[str, ...] = ("records",)
+    kinds: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+    scalars: tuple[str, ...] = ()
+    any_kind: bool = False
+
+
+@dataclass(frozen=True)
+class Param:
+    """A named analyzer parameter with its default and a one-line help text."""
+
+    name: str
+    default: Any
+    help: str
+
+
+@dataclass
+class AnalyzerResult:
+    """What an analyzer returns.
+
+    Attributes:
+        findings: The findings.
+        data: Computed series and tables (JSON-serialisable or Arrow), for reports and tests.
+        figures: Figure name -> zero-argument callable returning a matplotlib Figure; built
+            only when asked for, so analysis never pays for plotting.
+    """
+
+    findings: list[Finding] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Callable[[], Any]] = field(default_factory=dict)
+
+
+class Analyzer(ABC):
+    """Base class of every analyzer plugin."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    needs: ClassVar[Needs] = Needs()
+    params: ClassVar[tuple[Param, ...]] = ()
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Parameter name -> default value."""
+        return {p.name: p.default for p in cls.params}
+
+    @abstractmethod
+    def analyze(self, trace: Trace, params: dict[str, Any]) -> AnalyzerResult:
+        """Analyze ``trace`` with the given (complete, validated) parameters."""

@@ -1,0 +1,83 @@
+"""The ``tracefmt`` command line: thin commands over the library.
+
+Exit codes (spec 'Command line'): 0 all well; 1 the command worked and found problems
+(an invalid trace, error findings, a divergence); 2 bad usage or unreadable input, with one
+line on stderr and no traceback. Every command lives in its own module under
+``tracefmt.cli`` (or, for analyzer-side commands, is registered from there) exposing
+``register(subparsers)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .._version import __version__
+from ..errors import TraceError
+
+__all__ = ["main", "COMMANDS", "EXIT_OK", "EXIT_FOUND", "EXIT_USAGE"]
+
+EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+
+#: Command name -> module implementing it. Modules import heavy dependencies lazily.
+COMMANDS: dict[str, str] = {
+    "demo": "tracefmt.cli.demo",
+    "info": "tracefmt.cli.info",
+    "validate": "tracefmt.cli.validate",
+    "compact": "tracefmt.cli.compact",
+    "analyze": "tracefmt.cli.analyze",
+    "analyzers": "tracefmt.cli.analyzers",
+    "render": "tracefmt.cli.render",
+    "report": "tracefmt.cli.report",
+    "diff": "tracefmt.cli.diff",
+    "onnx": "tracefmt.cli.onnx",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error convention: one line, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, one sub-command per available command module."""
+    parser = _Parser(prog="tracefmt", description="Record, validate and analyze neural-network traces.")
+    parser.add_argument("--version", action="version", version=f"tracefmt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for _name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # a command whose module is not part of this build
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (also used by the console script)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.run(args) or 0)
+    except TraceError as exc:
+        sys.stderr.write(f"tracefmt {args.command}: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("tracefmt: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

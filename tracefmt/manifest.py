@@ -1,0 +1,103 @@
+"""manifest.json: reading, version checks and atomic writes (spec 'Manifest', 'Versioning')."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import TraceFormatError, TraceNotFoundError, UnsupportedVersionError
+from .schema import FORMAT_NAME, FORMAT_VERSION
+
+__all__ = ["MANIFEST", "new_manifest", "read_manifest", "write_manifest", "check_version", "parse_version"]
+
+MANIFEST = "manifest.json"
+_READ_MAJOR = int(FORMAT_VERSION.split(".")[0])
+
+
+def parse_version(text: Any, *, where: str = MANIFEST) -> tuple[int, int]:
+    """Parse ``'MAJOR.MINOR'`` into integers, refusing anything else."""
+    parts = str(text).split(".")
+    if not isinstance(text, str) or len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise TraceFormatError(f"{where}: format_version must be 'MAJOR.MINOR', got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def check_version(text: Any, *, where: str = MANIFEST) -> tuple[int, int]:
+    """Return the parsed version; refuse a major version this reader does not know."""
+    major, minor = parse_version(text, where=where)
+    if major != _READ_MAJOR:
+        raise UnsupportedVersionError(
+            f"{where}: format_version {text} is not supported; this tracefmt reads {_READ_MAJOR}.x "
+            f"(upgrade tracefmt to read it)"
+        )
+    return major, minor
+
+
+def new_manifest(
+    *,
+    run_id: str | None = None,
+    producer: dict[str, Any] | None = None,
+    model: str | None = None,
+    world_size: int = 1,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A fresh manifest dict with the required fields filled in."""
+    from . import __version__
+
+    prod = {"adapter": "tracefmt", "framework": "", "framework_version": "", "tracefmt_version": __version__}
+    prod.update(producer or {})
+    out: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "run_id": run_id or uuid.uuid4().hex,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "complete": False,
+        "producer": prod,
+        "world_size": int(world_size),
+        "metadata": dict(metadata or {}),
+    }
+    if model is not None:
+        out["model"] = model
+    return out
+
+
+def read_manifest(trace_dir: Path) -> dict[str, Any]:
+    """Read and check ``manifest.json``; errors name the file and the field."""
+    path = Path(trace_dir) / MANIFEST
+    if not Path(trace_dir).is_dir():
+        raise TraceNotFoundError(f"{trace_dir}: not a trace directory (no such directory)")
+    if not path.is_file():
+        raise TraceNotFoundError(f"{trace_dir}: not a trace directory (missing {MANIFEST})")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TraceFormatError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise TraceFormatError(f"{path}: must be a JSON object")
+    if data.get("format") != FORMAT_NAME:
+        raise TraceFormatError(f"{path}: field 'format' must be {FORMAT_NAME!r}, got {data.get('format')!r}")
+    if "format_version" not in data:
+        raise TraceFormatError(f"{path}: missing required field 'format_version'")
+    check_version(data["format_version"], where=str(path))
+    return data
+
+
+def write_manifest(trace_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` atomically (temporary file, fsync, rename)."""
+    trace_dir = Path(trace_dir)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=trace_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, trace_dir / MANIFEST)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,146 @@
+"""Segment files of the partitioned tables (spec 'Layout', 'Crash semantics').
+
+A partitioned table (records, scalars, predictions, tensors) is a set of segment files
+under ``<table>/rank=<R>/``. A segment is an Arrow IPC *file* (``.arrow``: the IPC stream
+format framed by a magic string and closed by a footer), an Arrow IPC *stream*
+(``.arrows``) or Parquet (``.parquet``). A writer killed mid-segment leaves an IPC file
+without its footer; its body is still a valid IPC stream, so it is read as one up to the
+last complete record batch. This module finds segments and opens each one, complete or
+not, in one place for the reader, the validator and ``compact``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+__all__ = ["Segment", "list_segments", "open_segment", "PARTITIONED", "IPC_MAGIC"]
+
+#: Tables stored as partitioned segment directories.
+PARTITIONED = ("records", "scalars", "predictions", "tensors")
+IPC_MAGIC = b"ARROW1"
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+_RANK_DIR = re.compile(r"^rank=(\d+)$")
+_SUFFIX_FORMAT = {".arrow": "file", ".arrows": "stream", ".parquet": "parquet"}
+
+
+@dataclass
+class Segment:
+    """One segment file and what opening it revealed."""
+
+    path: Path
+    table: str
+    rank: int
+    format: str  #: 'file', 'stream' or 'parquet' (from the suffix)
+    #: True when the segment is closed: IPC footer present, stream ended by its EOS marker.
+    complete: bool = True
+    #: Why the segment is incomplete or unreadable ('' if it is fine).
+    problem: str = ""
+    schema: pa.Schema | None = None
+    batches: list[pa.RecordBatch] = field(default_factory=list, repr=False)
+
+    @property
+    def readable(self) -> bool:
+        """False if not even a schema could be read."""
+        return self.schema is not None
+
+
+def list_segments(trace_dir: Path, table: str, ranks: set[int] | None = None) -> list[Segment]:
+    """Find the segment files of ``table`` (optionally only some ranks), in rank, name order."""
+    root = Path(trace_dir) / table
+    out: list[Segment] = []
+    if not root.is_dir():
+        return out
+    for rank_dir in sorted(root.iterdir()):
+        m = _RANK_DIR.match(rank_dir.name)
+        if not m or not rank_dir.is_dir():
+            continue
+        rank = int(m.group(1))
+        if ranks is not None and rank not in ranks:
+            continue
+        for p in sorted(rank_dir.iterdir()):
+            fmt = _SUFFIX_FORMAT.get(p.suffix)
+            if fmt and p.is_file() and not p.name.startswith("."):
+                out.append(Segment(path=p, table=table, rank=rank, format=fmt))
+    return out
+
+
+def _read_stream(seg: Segment, source: pa.NativeFile) -> None:
+    """Read an IPC stream batch by batch, stopping cleanly at a truncated message."""
+    try:
+        reader = ipc.open_stream(source)
+    except (pa.ArrowInvalid, OSError) as exc:
+        seg.problem = f"no readable schema ({exc})"
+        return
+    seg.schema = reader.schema
+    while True:
+        try:
+            seg.batches.append(reader.read_next_batch())
+        except StopIteration:
+            break
+        except (pa.ArrowInvalid, OSError) as exc:
+            seg.complete = False
+            seg.problem = f"truncated after {len(seg.batches)} complete record batches ({exc})"
+            return
+
+
+def open_segment(seg: Segment, *, load: bool = False) -> Segment:
+    """Open ``seg``: read its schema, decide whether it is complete, read batches if needed.
+
+    Complete IPC files and Parquet files are left for :mod:`pyarrow.dataset` to scan lazily
+    unless ``load`` is true; streams and footer-less IPC files are read (memory-mapped, so
+    the batches are zero-copy views of the file) because no lazy reader exists for them.
+    """
+    seg.batches = []
+    seg.problem = ""
+    seg.complete = True
+    if seg.format == "parquet":
+        try:
+            pf = pq.ParquetFile(seg.path)
+            seg.schema = pf.schema_arrow
+            if load:
+                seg.batches = pf.read().to_batches()
+        except (pa.ArrowInvalid, OSError) as exc:
+            seg.schema, seg.complete, seg.problem = None, False, f"unreadable Parquet ({exc})"
+        return seg
+    try:
+        source = pa.memory_map(str(seg.path))
+    except OSError as exc:
+        seg.schema, seg.complete, seg.problem = None, False, f"cannot open ({exc})"
+        return seg
+    if source.size() == 0:
+        seg.schema, seg.complete, seg.problem = None, False, "empty file (writer died before the schema)"
+        return seg
+    head = source.read(len(IPC_MAGIC))
+    if seg.format == "file" or head == IPC_MAGIC:
+        try:
+            reader = ipc.open_file(source)
+            seg.schema = reader.schema
+            if load:
+                seg.batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+            return seg
+        except (pa.ArrowInvalid, OSError):
+            pass
+        if head != IPC_MAGIC:
+            seg.schema, seg.complete, seg.problem = None, False, "not an Arrow IPC file (bad magic)"
+            return seg
+        # No footer: the writer did not close. The body after the 8-byte magic is a stream.
+        source.seek(8)
+        _read_stream(seg, source)
+        if seg.complete:
+            seg.complete = False
+            seg.problem = f"no IPC footer (writer did not close); {len(seg.batches)} complete record batches readable"
+        return seg
+    source.seek(0)
+    _read_stream(seg, source)
+    if seg.complete and seg.schema is not None:
+        source.seek(max(0, source.size() - len(_EOS)))
+        if source.read(len(_EOS)) != _EOS:
+            seg.complete = False
+            seg.problem = f"stream has no end-of-stream marker (writer did not close); {len(seg.batches)} record batches readable"
+    return seg

@@ -1,0 +1,331 @@
+"""Reading a trace: :func:`open` and :class:`Trace` (spec 'Reading')."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.ipc as ipc
+
+from ._conform import conform_table
+from .errors import TraceFormatError, TraceNotFoundError
+from .manifest import read_manifest
+from .schema import FINDINGS, NODES, TABLES
+from .segments import Segment, list_segments, open_segment
+
+__all__ = ["Trace", "open", "StepRange"]
+
+StepRange = tuple[int | None, int | None]
+
+
+def _as_set(values: Any) -> list | None:
+    if values is None:
+        return None
+    if isinstance(values, (str, int)):
+        return [values]
+    return list(values)
+
+
+class Trace:
+    """A trace directory opened for reading; tables come back as Arrow.
+
+    Small tables (``nodes``, ``scalars``, ``predictions``) are read whole; ``records`` is a
+    lazy :class:`pyarrow.dataset.Dataset` over every segment (IPC files, IPC streams,
+    Parquet, and footer-less segments of a writer that is still running or was killed).
+    Use :meth:`scan` to stream record batches with filters pushed down.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.manifest: dict[str, Any] = read_manifest(self.path)
+        self._segments: dict[str, list[Segment]] = {}
+
+    def __repr__(self) -> str:
+        return f"Trace({str(self.path)!r}, run_id={self.run_id!r})"
+
+    @property
+    def run_id(self) -> str:
+        """The run identifier from the manifest."""
+        return str(self.manifest.get("run_id", ""))
+
+    @property
+    def format_version(self) -> str:
+        """The trace's ``format_version``."""
+        return str(self.manifest["format_version"])
+
+    @property
+    def complete(self) -> bool:
+        """False if a writer has not closed (still running, or killed)."""
+        return bool(self.manifest.get("complete", False))
+
+    # -- nodes -------------------------------------------------------------------------
+    @cached_property
+    def nodes(self) -> pa.Table:
+        """The nodes table (sorted by node_id)."""
+        path = self.path / NODES.location
+        if not path.is_file():
+            raise TraceNotFoundError(f"{self.path}: missing {NODES.location}")
+        try:
+            with pa.memory_map(str(path)) as source:
+                table = ipc.open_file(source).read_all()
+        except (pa.ArrowInvalid, OSError):
+            try:
+                with pa.memory_map(str(path)) as source:
+                    table = ipc.open_stream(source).read_all()
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise TraceFormatError(f"{path}: not an Arrow IPC file or stream ({exc})") from None
+        table = conform_table(table, _extended(NODES.schema, table.schema), where=str(path))
+        return table.sort_by("node_id")
+
+    @cached_property
+    def node_names(self) -> dict[int, str]:
+        """node_id -> name."""
+        n = self.nodes
+        return dict(zip(n.column("node_id").to_pylist(), n.column("name").to_pylist()))
+
+    def edges(self) -> list[tuple[int, int, str]]:
+        """Data-flow edges ``(src node_id, dst node_id, tensor name)`` implied by inputs/outputs."""
+        n = self.nodes
+        producers: dict[str, list[int]] = {}
+        for nid, outs, cont in zip(n.column("node_id").to_pylist(), n.column("outputs").to_pylist(), n.column("container").to_pylist()):
+            if not cont:
+                for t in outs or []:
+                    producers.setdefault(t, []).append(nid)
+        out = []
+        for nid, ins, cont in zip(n.column("node_id").to_pylist(), n.column("inputs").to_pylist(), n.column("container").to_pylist()):
+            if cont:
+                continue
+            for t in ins or []:
+                for src in producers.get(t, ()):
+                    if src != nid:
+                        out.append((src, nid, t))
+        return out
+
+    # -- partitioned tables ------------------------------------------------------------
+    def segments(self, table: str) -> list[Segment]:
+        """The opened segments of a partitioned table (cached)."""
+        if table not in self._segments:
+            self._segments[table] = [open_segment(s) for s in list_segments(self.path, table)]
+        return self._segments[table]
+
+    def dataset(self, table: str = "records", *, ranks: Iterable[int] | None = None) -> ds.Dataset:
+        """A lazy dataset over every segment of ``table`` (optionally only some ranks).
+
+        Schemas are unified: columns missing from older segments read as null, extra
+        columns of newer producers are kept.
+        """
+        tdef = TABLES[table]
+        rank_set = set(ranks) if ranks is not None else None
+        segs = [s for s in self.segments(table) if rank_set is None or s.rank in rank_set]
+        for s in segs:
+            if not s.readable:
+                raise TraceFormatError(f"{s.path}: {s.problem}")
+        schema = tdef.schema
+        for s in segs:
+            schema = _extended(schema, s.schema)
+        children: list[ds.Dataset] = []
+        files = [str(s.path) for s in segs if s.format == "file" and s.complete]
+        parquet = [str(s.path) for s in segs if s.format == "parquet"]
+        loaded = [s for s in segs if not (s.format == "parquet" or (s.format == "file" and s.complete))]
+        for s in segs:
+            if s.format != "parquet" and s.schema is not None:
+                _check_types(s, tdef)
+        if files:
+            children.append(ds.dataset(files, format="arrow", schema=schema))
+        if parquet:
+            children.append(ds.dataset(parquet, format="parquet", schema=schema))
+        for s in loaded:
+            t = pa.Table.from_batches(s.batches, schema=s.schema) if s.batches else s.schema.empty_table()
+            children.append(ds.dataset(conform_table(t, schema, where=str(s.path))))
+        if not children:
+            return ds.dataset(schema.empty_table())
+        if len(children) == 1:
+            return children[0]
+        return ds.dataset(children)
+
+    @property
+    def records(self) -> ds.Dataset:
+        """All observation records as a lazy :class:`pyarrow.dataset.Dataset`."""
+        return self.dataset("records")
+
+    @cached_property
+    def scalars(self) -> pa.Table:
+        """The scalars table, read whole (sorted by name, phase, step)."""
+        return self.dataset("scalars").to_table().sort_by([("name", "ascending"), ("phase", "ascending"), ("step", "ascending")])
+
+    @cached_property
+    def predictions(self) -> pa.Table:
+        """The predictions table (empty when the trace has none)."""
+        return self.dataset("predictions").to_table()
+
+    @property
+    def findings(self) -> pa.Table | None:
+        """Findings written into the trace by ``tracefmt analyze --out``, or None."""
+        root = self.path / "findings"
+        files = sorted(root.glob("*.arrow")) if root.is_dir() else []
+        if not files:
+            return None
+        return ds.dataset([str(f) for f in files], format="arrow", schema=FINDINGS.schema).to_table()
+
+    def has(self, table: str) -> bool:
+        """True if ``table`` is present with at least one segment (or file)."""
+        if table == "nodes":
+            return (self.path / NODES.location).is_file()
+        if table == "findings":
+            return self.findings is not None
+        return bool(self.segments(table))
+
+    # -- scanning ----------------------------------------------------------------------
+    def filter_expression(
+        self,
+        *,
+        nodes: Any = None,
+        kinds: Any = None,
+        steps: StepRange | None = None,
+        phases: Any = None,
+        slots: Any = None,
+    ) -> ds.Expression | None:
+        """Build the dataset filter for the given selections (None when nothing is selected)."""
+        expr: ds.Expression | None = None
+
+        def add(e: ds.Expression) -> None:
+            nonlocal expr
+            expr = e if expr is None else expr & e
+
+        node_list = _as_set(nodes)
+        if node_list is not None:
+            ids = [self._node_id(n) for n in node_list]
+            add(pc.field("node_id").isin(pa.array(ids, pa.int32())))
+        kind_list = _as_set(kinds)
+        if kind_list is not None:
+            add(pc.field("kind").isin(pa.array([str(k) for k in kind_list], pa.string())))
+        phase_list = _as_set(phases)
+        if phase_list is not None:
+            add(pc.field("phase").isin(pa.array([str(p) for p in phase_list], pa.string())))
+        slot_list = _as_set(slots)
+        if slot_list is not None:
+            add(pc.field("slot").isin(pa.array([str(s) for s in slot_list], pa.string())))
+        if steps is not None:
+            lo, hi = steps
+            if lo is not None:
+                add(pc.field("step") >= lo)
+            if hi is not None:
+                add(pc.field("step") <= hi)
+        return expr
+
+    def _node_id(self, node: int | str) -> int:
+        if isinstance(node, int):
+            return node
+        for nid, name in self.node_names.items():
+            if name == node:
+                return nid
+        from .errors import UsageError
+
+        names = list(self.node_names.values())
+        raise UsageError(f"unknown node {node!r}; available: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
+
+    def scan(
+        self,
+        table: str = "records",
+        *,
+        columns: list[str] | None = None,
+        nodes: Any = None,
+        kinds: Any = None,
+        steps: StepRange | None = None,
+        ranks: Iterable[int] | None = None,
+        phases: Any = None,
+        slots: Any = None,
+        batch_size: int = 65536,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream record batches of ``table`` with filters pushed down (bounded memory).
+
+        Args:
+            table: A partitioned table. Defaults to ``'records'``.
+            columns: Columns to read. Defaults to all.
+            nodes: node_ids or names to keep.
+            kinds: Kinds to keep.
+            steps: Inclusive ``(first, last)`` step range; either end may be None.
+            ranks: Ranks to read (whole partitions are skipped).
+            phases: Phases to keep.
+            slots: Slots to keep.
+            batch_size: Maximum rows per batch. Defaults to 65536.
+        """
+        dataset = self.dataset(table, ranks=ranks)
+        if table == "records":
+            expr = self.filter_expression(nodes=nodes, kinds=kinds, steps=steps, phases=phases, slots=slots)
+        else:
+            expr = self.filter_expression(steps=steps, phases=phases)
+        yield from dataset.to_batches(columns=columns, filter=expr, batch_size=batch_size, use_threads=True)
+
+    def read(self, table: str = "records", **filters: Any) -> pa.Table:
+        """Like :meth:`scan` but returns one table."""
+        batches = list(self.scan(table, **filters))
+        if batches:
+            return pa.Table.from_batches(batches)
+        cols = filters.get("columns")
+        schema = self.dataset(table).schema
+        return (pa.schema([schema.field(c) for c in cols]) if cols else schema).empty_table()
+
+    def tensors(self, **filters: Any) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Iterate raw tensors: ``(key dict, numpy array)`` per stored row.
+
+        Filters: ``nodes``, ``kinds``, ``steps``, ``phases``, ``slots`` as in :meth:`scan`.
+        """
+        expr = self.filter_expression(**filters)
+        for seg in self.segments("tensors"):
+            if not seg.readable:
+                raise TraceFormatError(f"{seg.path}: {seg.problem}")
+            table = _load(seg)
+            if expr is not None:
+                table = ds.dataset(table).to_table(filter=expr)
+            if not table.num_rows:
+                continue
+            values = table.column("values").combine_chunks().to_numpy_ndarray()
+            yield from zip(table.drop_columns(["values"]).to_pylist(), values)
+
+    # -- pandas helpers ----------------------------------------------------------------
+    def to_pandas(self, table: str = "records", **filters: Any) -> Any:
+        """The (filtered) table as a pandas DataFrame; needs pandas."""
+        if table == "nodes":
+            return self.nodes.to_pandas()
+        if table in ("scalars", "predictions") and not filters:
+            return getattr(self, table).to_pandas()
+        return self.read(table, **filters).to_pandas()
+
+
+def _load(seg: Segment) -> pa.Table:
+    if seg.batches or not seg.complete:
+        return pa.Table.from_batches(seg.batches, schema=seg.schema)
+    return ds.dataset(str(seg.path), format="parquet" if seg.format == "parquet" else "arrow").to_table()
+
+
+def _extended(base: pa.Schema, other: pa.Schema | None) -> pa.Schema:
+    """``base`` plus the fields of ``other`` it lacks (forward compatibility)."""
+    if other is None:
+        return base
+    extra = [f for f in other if f.name not in base.names]
+    return pa.schema(list(base) + extra, metadata=base.metadata) if extra else base
+
+
+def _check_types(seg: Segment, tdef: Any) -> None:
+    for f in seg.schema:
+        if f.name in tdef.names and tdef.name != "tensors":
+            want = tdef.column(f.name).type
+            if f.type != want:
+                raise TraceFormatError(f"{seg.path}: table '{tdef.name}' column '{f.name}' has type {f.type}, expected {want}")
+
+
+def open(path: str | Path) -> Trace:  # noqa: A001 - mirrors pyarrow.dataset.dataset / builtins style
+    """Open a trace directory for reading.
+
+    Raises:
+        TraceNotFoundError: ``path`` is not a trace directory.
+        TraceFormatError: the manifest is invalid.
+        UnsupportedVersionError: the trace's major version is unknown to this reader.
+    """
+    return Trace(path)

@@ -1,0 +1,316 @@
+"""TraceWriter: append-only, crash-safe writing of a trace (spec 'Layout', 'Crash semantics')."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from ._conform import to_batch
+from .errors import UsageError
+from .manifest import MANIFEST, new_manifest, read_manifest, write_manifest
+from .schema import NODES, PREDICTIONS, RECORDS, SCALARS, TABLES, TENSORS, TableDef
+
+__all__ = ["TraceWriter"]
+
+_SEGMENT_TABLES = (RECORDS, SCALARS, PREDICTIONS)
+
+
+class _SegmentSink:
+    """Buffered appends to one partitioned table of one rank, rolled into segments."""
+
+    def __init__(self, root: Path, table: TableDef, rank: int, *, segment_bytes: int, batch_rows: int, options: ipc.IpcWriteOptions):
+        self.dir = root / table.name / f"rank={rank}"
+        self.table = table
+        self.segment_bytes = segment_bytes
+        self.batch_rows = batch_rows
+        self.options = options
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.rows_written = 0
+        self._file: pa.NativeFile | None = None
+        self._writer: ipc.RecordBatchFileWriter | None = None
+        existing = [int(p.stem.split("-")[1]) for p in self.dir.glob("part-*.*") if p.stem.split("-")[1].isdigit()] if self.dir.is_dir() else []
+        self._next_index = max(existing, default=-1) + 1
+
+    def add(self, batch: pa.Table) -> bool:
+        """Buffer ``batch``; return True when the buffer is full and should be flushed."""
+        self.pending.append(batch)
+        self.pending_rows += batch.num_rows
+        return self.pending_rows >= self.batch_rows
+
+    def flush(self) -> None:
+        """Write buffered rows as one record batch and make them visible on disk."""
+        if not self.pending_rows:
+            self.pending.clear()
+            return
+        data = pa.concat_tables(self.pending).combine_chunks()
+        self.pending.clear()
+        self.pending_rows = 0
+        if self._writer is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            path = self.dir / f"part-{self._next_index:05d}.arrow"
+            self._next_index += 1
+            # OSFile is unbuffered: every batch reaches the OS as it is written, so a
+            # killed process leaves every completed batch readable.
+            self._file = pa.OSFile(str(path), "wb")
+            self._writer = ipc.new_file(self._file, self.table.schema, options=self.options)
+        for b in data.to_batches():
+            self._writer.write_batch(b)
+        self.rows_written += data.num_rows
+        if self._file.tell() >= self.segment_bytes:
+            self.close_segment()
+
+    def close_segment(self) -> None:
+        """Finish the current segment (writes the IPC footer)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._file.close()
+            self._writer = self._file = None
+
+
+class TraceWriter:
+    """Write one rank's part of a trace: nodes, records, scalars, predictions, raw tensors.
+
+    Rows are buffered per table and written as Arrow record batches to IPC segment files
+    ``<table>/rank=<R>/part-NNNNN.arrow``; a segment is closed (footer written) and a new
+    one started once it reaches ``segment_bytes``. Buffers are flushed when they reach
+    ``batch_rows`` rows, every ``flush_interval`` seconds from a background timer, and on
+    :meth:`close`. All methods are thread-safe. Rank 0 owns ``manifest.json`` (written
+    atomically at open and on close) and ``nodes.arrow``.
+
+    Args:
+        path: The trace directory; created if missing.
+        rank: This process's rank. Defaults to 0.
+        world_size: Number of ranks writing. Defaults to 1.
+        mode: ``'create'`` (refuse an existing trace), ``'overwrite'`` (delete it first)
+            or ``'append'`` (add segments to it). Defaults to ``'create'``.
+        run_id: Run identifier. Defaults to a new UUID.
+        producer: Producer description merged into the manifest.
+        model: Model name for the manifest.
+        metadata: Free-form JSON-serialisable metadata.
+        segment_bytes: Roll segments at this size. Defaults to 64 MiB.
+        batch_rows: Flush a table's buffer at this many rows. Defaults to 16384.
+        flush_interval: Seconds between background flushes; 0 disables. Defaults to 2.0.
+        compression: IPC buffer compression, ``None``, ``'lz4'`` or ``'zstd'``. Defaults to None.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        mode: str = "create",
+        run_id: str | None = None,
+        producer: dict[str, Any] | None = None,
+        model: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        segment_bytes: int = 64 << 20,
+        batch_rows: int = 16384,
+        flush_interval: float = 2.0,
+        compression: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.rank = int(rank)
+        if mode not in ("create", "overwrite", "append"):
+            raise UsageError(f"unknown writer mode {mode!r}; available: create, overwrite, append")
+        if self.path.exists() and (self.path / MANIFEST).exists():
+            if mode == "create" and self.rank == 0:
+                raise UsageError(f"{self.path}: a trace already exists (use mode='overwrite' or 'append')")
+            if mode == "overwrite" and self.rank == 0:
+                shutil.rmtree(self.path)
+        elif self.path.exists() and mode != "append" and self.rank == 0 and any(self.path.iterdir()):
+            raise UsageError(f"{self.path}: exists and is not an empty directory or a trace")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._closed = False
+        if self.rank == 0:
+            if mode == "append" and (self.path / MANIFEST).exists():
+                self.manifest = read_manifest(self.path)
+                self.manifest["complete"] = False
+            else:
+                self.manifest = new_manifest(run_id=run_id, producer=producer, model=model, world_size=world_size, metadata=metadata)
+            write_manifest(self.path, self.manifest)
+        else:
+            self.manifest = {}
+        options = ipc.IpcWriteOptions(compression=compression)
+        self._sinks = {
+            t.name: _SegmentSink(self.path, t, self.rank, segment_bytes=segment_bytes, batch_rows=batch_rows, options=options)
+            for t in _SEGMENT_TABLES
+        }
+        self._tensor_files: dict[tuple, tuple[pa.NativeFile, ipc.RecordBatchFileWriter, pa.Schema]] = {}
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        if flush_interval > 0:
+            self._timer = threading.Thread(target=self._flush_loop, args=(flush_interval,), name="tracefmt-flush", daemon=True)
+            self._timer.start()
+
+    # -- context manager ---------------------------------------------------------------
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -----------------------------------------------------------------------
+    def write_nodes(self, nodes: Any) -> None:
+        """Write (or replace) ``nodes.arrow`` atomically. Only rank 0 writes nodes.
+
+        Args:
+            nodes: Rows of the nodes table (RecordBatch, Table, column mapping or row dicts).
+        """
+        table = to_batch(NODES, nodes)
+        ids = table.column("node_id").to_numpy()
+        if len(np.unique(ids)) != len(ids):
+            raise UsageError("nodes: column 'node_id' must be unique")
+        if self.rank != 0:
+            return
+        tmp = self.path / ".nodes.arrow.tmp"
+        with pa.OSFile(str(tmp), "wb") as f, ipc.new_file(f, NODES.schema) as w:
+            w.write_table(table)
+        tmp.replace(self.path / NODES.location)
+
+    def append(self, table: str, data: Any) -> None:
+        """Append rows to a partitioned table: ``'records'``, ``'scalars'`` or ``'predictions'``.
+
+        Args:
+            table: The table name.
+            data: RecordBatch, Table, mapping of column -> values, or list of row dicts.
+                Missing nullable columns become null; ``rank`` defaults to the writer's rank.
+        """
+        sink = self._sinks.get(table)
+        if sink is None:
+            raise UsageError(f"cannot append to table {table!r}; appendable tables: {', '.join(self._sinks)}")
+        if isinstance(data, dict) and "rank" not in data:
+            n = len(next(iter(data.values()))) if data else 0
+            data = {**data, "rank": np.full(n, self.rank, dtype=np.int32)}
+        elif isinstance(data, list) and data and isinstance(data[0], dict) and "rank" not in data[0]:
+            data = [{**r, "rank": self.rank} for r in data]
+        batch = to_batch(TABLES[table], data)
+        with self._lock:
+            self._check_open()
+            if sink.add(batch):
+                sink.flush()
+
+    def write_records(self, data: Any) -> None:
+        """Append observation records (see :meth:`append`)."""
+        self.append("records", data)
+
+    def log_scalar(self, name: str, value: float, *, step: int, phase: str = "train", epoch: int | None = None) -> None:
+        """Append one scalar value (wall time taken now)."""
+        self.append("scalars", {"step": [step], "epoch": [epoch], "phase": [str(phase)], "name": [name], "value": [float(value)], "wall_time": [time.time()]})
+
+    def write_tensor(
+        self,
+        values: np.ndarray,
+        *,
+        step: int,
+        node_id: int,
+        kind: str,
+        slot: str = "",
+        call: int = 0,
+        phase: str = "train",
+        dtype: str | None = None,
+    ) -> None:
+        """Store one tensor's raw values in the ``tensors`` table (canonical fixed-shape tensor).
+
+        Values of one (node, kind, slot, call, shape, dtype) go to one file, a row per step.
+        """
+        from .stats import dtype_name
+
+        a = np.ascontiguousarray(values)
+        if a.dtype == np.bool_:
+            a = a.astype(np.uint8)
+        value_type = pa.from_numpy_dtype(a.dtype)
+        shape = tuple(int(s) for s in a.shape)
+        key = (node_id, str(kind), str(slot), int(call), shape, str(a.dtype))
+        with self._lock:
+            self._check_open()
+            entry = self._tensor_files.get(key)
+            if entry is None:
+                tensor_type = pa.fixed_shape_tensor(value_type, list(shape) if shape else [1])
+                schema = pa.schema([f if f.name != "values" else pa.field("values", tensor_type, nullable=False) for f in TENSORS.schema])
+                d = self.path / "tensors" / f"rank={self.rank}"
+                d.mkdir(parents=True, exist_ok=True)
+                safe_slot = "".join(ch if ch.isalnum() else "_" for ch in str(slot)) or "_"
+                stem = f"{node_id}-{kind}-{call}-{safe_slot}"
+                n = len(list(d.glob(f"{stem}-*.arrow")))
+                f = pa.OSFile(str(d / f"{stem}-{n:05d}.arrow"), "wb")
+                entry = (f, ipc.new_file(f, schema), schema)
+                self._tensor_files[key] = entry
+            _, writer, schema = entry
+            tensor_type = schema.field("values").type
+            storage = pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), max(1, a.size))
+            row = pa.RecordBatch.from_arrays(
+                [
+                    pa.array([step], pa.int64()), pa.array([str(phase)]), pa.array([self.rank], pa.int32()),
+                    pa.array([node_id], pa.int32()), pa.array([str(kind)]), pa.array([str(slot)]),
+                    pa.array([call], pa.int32()), pa.array([dtype or dtype_name(values.dtype)]),
+                    pa.ExtensionArray.from_storage(tensor_type, storage),
+                ],
+                schema=schema,
+            )  # fmt: skip
+            writer.write_batch(row)
+
+    def update_metadata(self, **values: Any) -> None:
+        """Merge ``values`` into the manifest's ``metadata`` and rewrite it (rank 0 only)."""
+        if self.rank != 0:
+            return
+        with self._lock:
+            self.manifest.setdefault("metadata", {}).update(values)
+            write_manifest(self.path, self.manifest)
+
+    # -- flushing and closing ----------------------------------------------------------
+    def flush(self) -> None:
+        """Write every buffered row to disk now."""
+        with self._lock:
+            for sink in self._sinks.values():
+                sink.flush()
+
+    def _flush_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            with self._lock:
+                if self._closed:
+                    return
+                for sink in self._sinks.values():
+                    sink.flush()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"{self.path}: the trace writer is closed")
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def rows_written(self, table: str = "records") -> int:
+        """Rows of ``table`` written to disk so far by this writer."""
+        return self._sinks[table].rows_written
+
+    def close(self) -> None:
+        """Flush, close every segment (footers written) and mark the manifest complete."""
+        with self._lock:
+            if self._closed:
+                return
+            self._stop.set()
+            for sink in self._sinks.values():
+                sink.flush()
+                sink.close_segment()
+            for f, w, _ in self._tensor_files.values():
+                w.close()
+                f.close()
+            self._tensor_files.clear()
+            self._closed = True
+            if self.rank == 0:
+                self.manifest["complete"] = True
+                write_manifest(self.path, self.manifest)
+        if self._timer is not None and self._timer is not threading.current_thread():
+            self._timer.join(timeout=5)

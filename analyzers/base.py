@@ -73,6 +73,9 @@ class Analyzer(ABC):
     description: ClassVar[str]
     needs: ClassVar[Needs] = Needs()
     params: ClassVar[tuple[Param, ...]] = ()
+    #: True for analyzers that fit across several runs at once (one trace per seed);
+    #: the pipeline then calls :meth:`analyze_runs` with every trace given.
+    multi_run: ClassVar[bool] = False
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -82,3 +85,7 @@ class Analyzer(ABC):
     @abstractmethod
     def analyze(self, trace: Trace, params: dict[str, Any]) -> AnalyzerResult:
         """Analyze ``trace`` with the given (complete, validated) parameters."""
+
+    def analyze_runs(self, traces: list[Trace], params: dict[str, Any]) -> AnalyzerResult:
+        """Analyze several runs together (only for ``multi_run`` analyzers)."""
+        raise NotImplementedError(f"analyzer {self.name!r} analyzes one run at a time")

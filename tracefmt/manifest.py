@@ -13,10 +13,12 @@ from typing import Any
 from .errors import TraceFormatError, TraceNotFoundError, UnsupportedVersionError
 from .schema import FORMAT_NAME, FORMAT_VERSION
 
-__all__ = ["MANIFEST", "new_manifest", "read_manifest", "write_manifest", "check_version", "parse_version"]
+__all__ = ["MANIFEST", "new_manifest", "read_manifest", "write_manifest", "check_version", "parse_version", "SUPPORTED_MAJOR"]
 
 MANIFEST = "manifest.json"
-_READ_MAJOR = int(FORMAT_VERSION.split(".")[0])
+#: The major format version this library reads (any 1.x; spec 'Versioning').
+SUPPORTED_MAJOR = int(FORMAT_VERSION.split(".")[0])
+_READ_MAJOR = SUPPORTED_MAJOR
 
 
 def parse_version(text: Any, *, where: str = MANIFEST) -> tuple[int, int]:

@@ -11,7 +11,9 @@ not, in one place for the reader, the validator and ``compact``.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-__all__ = ["Segment", "list_segments", "open_segment", "PARTITIONED", "IPC_MAGIC"]
+__all__ = ["Segment", "list_segments", "open_segment", "iter_batches", "replaced_by_journal", "PARTITIONED", "IPC_MAGIC", "JOURNAL"]
 
 #: Tables stored as partitioned segment directories.
 PARTITIONED = ("records", "scalars", "predictions", "tensors")
@@ -27,6 +29,24 @@ IPC_MAGIC = b"ARROW1"
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 _RANK_DIR = re.compile(r"^rank=(\d+)$")
 _SUFFIX_FORMAT = {".arrow": "file", ".arrows": "stream", ".parquet": "parquet"}
+#: Compaction journal in a rank directory (spec 'Compaction'): while it exists and its
+#: output file exists, the segments it lists are superseded and MUST be ignored.
+JOURNAL = ".compact.json"
+
+
+def replaced_by_journal(rank_dir: Path) -> set[str]:
+    """Names of segments in ``rank_dir`` superseded by a finished compaction output."""
+    journal = Path(rank_dir) / JOURNAL
+    if not journal.is_file():
+        return set()
+    try:
+        data = json.loads(journal.read_text())
+        output, replaces = data["output"], data["replaces"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    if not (Path(rank_dir) / str(output)).is_file():
+        return set()  # compaction did not publish its output: the old segments are the data
+    return {str(name) for name in replaces}
 
 
 @dataclass
@@ -63,9 +83,10 @@ def list_segments(trace_dir: Path, table: str, ranks: set[int] | None = None) ->
         rank = int(m.group(1))
         if ranks is not None and rank not in ranks:
             continue
+        superseded = replaced_by_journal(rank_dir)
         for p in sorted(rank_dir.iterdir()):
             fmt = _SUFFIX_FORMAT.get(p.suffix)
-            if fmt and p.is_file() and not p.name.startswith("."):
+            if fmt and p.is_file() and not p.name.startswith(".") and p.name not in superseded:
                 out.append(Segment(path=p, table=table, rank=rank, format=fmt))
     return out
 
@@ -144,3 +165,38 @@ def open_segment(seg: Segment, *, load: bool = False) -> Segment:
             seg.complete = False
             seg.problem = f"stream has no end-of-stream marker (writer did not close); {len(seg.batches)} record batches readable"
     return seg
+
+
+def iter_batches(seg: Segment, *, columns: list[str] | None = None, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+    """Yield the record batches of an opened segment one at a time (bounded memory).
+
+    Complete IPC files are memory-mapped and read batch by batch, Parquet row group by
+    row group; incomplete segments yield the batches :func:`open_segment` recovered.
+
+    Args:
+        seg: A segment returned by :func:`open_segment` (readable).
+        columns: Only these columns (those present in the segment). Defaults to all.
+        batch_rows: Parquet batch size. Defaults to 65536.
+    """
+    if seg.schema is None:
+        return
+    cols = None if columns is None else [c for c in columns if c in seg.schema.names]
+
+    def select(b: pa.RecordBatch) -> pa.RecordBatch:
+        return b if cols is None else b.select(cols)
+
+    if seg.batches or not seg.complete:
+        for b in seg.batches:
+            yield select(b)
+        return
+    if seg.format == "parquet":
+        yield from pq.ParquetFile(seg.path).iter_batches(batch_size=batch_rows, columns=cols)
+        return
+    with pa.memory_map(str(seg.path)) as source:
+        if seg.format == "file":
+            reader = ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                yield select(reader.get_batch(i))
+        else:
+            for b in ipc.open_stream(source):
+                yield select(b)

@@ -1,0 +1,40 @@
+"""``tracefmt report``: one self-contained HTML page about a run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``report`` command."""
+    p = subparsers.add_parser(
+        "report",
+        help="write a self-contained HTML report (summary, findings, figures, annotated graph)",
+        description=(
+            "Run every analyzer that applies and write one HTML file with the run summary, the findings table, "
+            "the analyzers' figures and the annotated computation graph; images are inline, nothing is fetched. "
+            "Exit 1 when there are error findings."
+        ),
+    )
+    p.add_argument("trace", metavar="TRACE", help="trace directory")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the HTML file to write")
+    p.add_argument("--compare", metavar="TRACE2", default=None, help="also diff against TRACE2 and show the divergence")
+    p.add_argument("--only", default=None, metavar="A,B", help="run only these analyzers (comma-separated)")
+    p.add_argument("--depth", type=int, default=None, metavar="N", help="collapse graph modules deeper than N (default: automatic)")
+    p.add_argument("--title", default=None, help="page title")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the report of ``args.trace`` to ``args.output``."""
+    from tracefmt.analyzers.render import write_report
+
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    info = write_report(args.trace, args.output, compare=args.compare, analyzers=only, depth=args.depth, title=args.title)
+    sev = info.findings.column("severity").to_pylist()
+    counts = ", ".join(f"{sev.count(s)} {s}" for s in ("error", "warning", "info"))
+    sys.stdout.write(f"wrote {info.path}: {info.findings.num_rows} finding(s) ({counts}), {len(info.figures)} figure(s), {len(info.graphs)} graph(s)\n")
+    for key, err in info.figure_errors.items():
+        sys.stderr.write(f"tracefmt report: figure {key} could not be drawn: {err}\n")
+    return 1 if "error" in sev else 0

@@ -22,6 +22,11 @@ ENUM_COLUMNS: dict[str, tuple[str, ...]] = {
 _ENUM_SETS = {name: pa.array(values) for name, values in ENUM_COLUMNS.items()}
 
 
+def _is_float(t: pa.DataType) -> bool:
+    # NaN is data in floating columns (a NaN loss, a NaN statistic): never read it as null.
+    return pa.types.is_floating(t) or (pa.types.is_list(t) and pa.types.is_floating(t.value_type))
+
+
 def _column_names(data: Any) -> list[str]:
     if isinstance(data, (pa.RecordBatch, pa.Table)):
         return data.schema.names
@@ -40,6 +45,8 @@ def to_batch(table: TableDef, data: Any, *, check_enums: bool = True) -> pa.Tabl
         UsageError: An unknown column, a missing required column, a null in a non-nullable
             column, a value that cannot be converted, or an unknown enumeration value.
     """
+    if isinstance(data, (pa.RecordBatch, pa.Table)) and data.schema.names == table.names and data.schema.types == list(table.types):
+        return _exact(table, data, check_enums)
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)) and (not data or isinstance(data[0], Mapping)):
         rows = list(data)
         data = {c.name: [r.get(c.name) for r in rows] for c in table.columns if any(c.name in r for r in rows)}
@@ -55,7 +62,7 @@ def to_batch(table: TableDef, data: Any, *, check_enums: bool = True) -> pa.Tabl
         if col.name in present:
             values = data.column(col.name) if isinstance(data, (pa.RecordBatch, pa.Table)) else data[col.name]
             try:
-                arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, type=col.type, from_pandas=True)
+                arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, type=col.type, from_pandas=not _is_float(col.type))
                 if arr.type != col.type:
                     arr = arr.cast(col.type)
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
@@ -103,3 +110,21 @@ def conform_table(data: pa.Table, schema: pa.Schema, *, where: str) -> pa.Table:
         else:
             arrays.append(pa.nulls(data.num_rows, type=f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _exact(table: TableDef, data: pa.RecordBatch | pa.Table, check_enums: bool) -> pa.Table:
+    """Fast path of :func:`to_batch` for data already in the table's column names and types."""
+    for col, arr in zip(table.columns, data.columns):
+        if not col.nullable and arr.null_count:
+            raise UsageError(f"{table.name}: column '{col.name}' must not contain nulls ({arr.null_count} found)")
+    if check_enums:
+        for name, value_set in _ENUM_SETS.items():
+            if name in table.names and len(data):
+                arr = data.column(name)
+                if not pc.all(pc.is_in(arr, value_set=value_set)).as_py():
+                    bad = pc.filter(arr, pc.invert(pc.is_in(arr, value_set=value_set)))
+                    raise UsageError(
+                        f"{table.name}: column '{name}' has unknown value {bad[0].as_py()!r}; allowed: {', '.join(ENUM_COLUMNS[name])}"
+                    )
+    # Same names and types: only the field nullability and schema metadata change (no copy).
+    return pa.Table.from_arrays(data.columns, schema=table.schema)

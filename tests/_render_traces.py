@@ -39,9 +39,11 @@ def node_rows() -> list[dict]:
     ]  # fmt: skip
 
 
-def activation(node_id: int, step: int, rng: np.random.Generator) -> np.ndarray:
+def activation(node_id: int, step: int, rng: np.random.Generator, *, healthy: bool = False) -> np.ndarray:
     shape = (4, 10) if node_id == 9 else (4, 1, 1, 8) if node_id == 8 else (4, 8, 6, 6)
     x = rng.normal(size=shape) * (1.0 + node_id)
+    if healthy:
+        return x
     if node_id == 4:
         x = np.zeros(shape)
     if node_id == 9 and step == 2:
@@ -50,8 +52,11 @@ def activation(node_id: int, step: int, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def write_trace(path: Path, *, steps: int = 3, with_findings: bool = True, model: str = "toy-resnet") -> Path:
-    """Write the toy trace (activations and gradients, ``steps`` training steps, a loss series)."""
+def write_trace(path: Path, *, steps: int = 3, with_findings: bool = True, healthy: bool = False, model: str = "toy-resnet") -> Path:
+    """Write the toy trace (activations and gradients, ``steps`` training steps, a loss series).
+
+    ``healthy`` leaves out the dead layer and the NaN (random activations everywhere).
+    """
     rng = np.random.default_rng(0)
     with tracefmt.TraceWriter(path, model=model, flush_interval=0, producer={"adapter": "hand-written"}) as w:
         w.write_nodes(node_rows())
@@ -59,7 +64,7 @@ def write_trace(path: Path, *, steps: int = 3, with_findings: bool = True, model
         for step in range(steps):
             for seq, (nid, *_rest) in enumerate(LEAVES):
                 for kind in ("activation", "gradient"):
-                    x = activation(nid, step, rng) * (1.0 if kind == "activation" else 1e-3)
+                    x = activation(nid, step, rng, healthy=healthy) * (1.0 if kind == "activation" else 1e-3)
                     rows.append({"step": step, "phase": "train", "node_id": nid, "kind": kind, "slot": "0", "call": 0, "seq": seq, **tensor_stats(x)})
             w.log_scalar("loss", 2.0 / (step + 1), step=step)
         w.write_records(rows)
@@ -69,6 +74,6 @@ def write_trace(path: Path, *, steps: int = 3, with_findings: bool = True, model
 
 
 FINDINGS = [
-    Finding("dead", "dead-layer", "error", "block.relu1 outputs only zeros", node_id=4, node="block.relu1", step_first=0, step_last=2, metric="dead_fraction", value=1.0, threshold=0.9),
-    Finding("activations", "low-std", "warning", "block.conv2 has a small std", node_id=5, node="block.conv2", step_first=0, step_last=2, metric="std", value=0.1, threshold=0.2),
+    Finding("handwritten", "dead-layer", "error", "block.relu1 outputs only zeros", node_id=4, node="block.relu1", step_first=0, step_last=2, metric="dead_fraction", value=1.0, threshold=0.9),
+    Finding("handwritten", "low-std", "warning", "block.conv2 has a small std", node_id=5, node="block.conv2", step_first=0, step_last=2, metric="std", value=0.1, threshold=0.2),
 ]

@@ -1,0 +1,44 @@
+"""Trace a single evaluation forward pass (used to compare PyTorch with ONNX Runtime)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .tracer import TorchTracer
+
+__all__ = ["trace_forward"]
+
+
+def trace_forward(model: nn.Module, inputs: Any, path: str | Path, **options: Any) -> Any:
+    """Run one forward pass in eval mode under ``torch.no_grad()`` and write its trace.
+
+    Records activations (phase 'eval', step 0) of every traced module; gradients and
+    weight kinds are off unless asked for. ``model.training`` is restored afterwards.
+
+    Args:
+        model: The module.
+        inputs: A tensor, a tuple of positional tensors, or a mapping of keyword tensors.
+        path: The trace directory to create.
+        **options: Any :class:`TorchTracer` option (e.g. ``raw='*'`` for exact diffs).
+
+    Returns:
+        The model's output.
+    """
+    opts: dict[str, Any] = {"phase": "eval", "gradients": False, "weights": False, "weight_grads": False}
+    opts.update(options)
+    was_training = model.training
+    model.eval()
+    try:
+        with TorchTracer(model, path, **opts), torch.no_grad():
+            if isinstance(inputs, Mapping):
+                return model(**inputs)
+            if isinstance(inputs, tuple):
+                return model(*inputs)
+            return model(inputs)
+    finally:
+        model.train(was_training)

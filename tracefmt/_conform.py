@@ -45,7 +45,9 @@ def to_batch(table: TableDef, data: Any, *, check_enums: bool = True) -> pa.Tabl
         UsageError: An unknown column, a missing required column, a null in a non-nullable
             column, a value that cannot be converted, or an unknown enumeration value.
     """
-    if isinstance(data, (pa.RecordBatch, pa.Table)) and data.schema.names == table.names and data.schema.types == list(table.types):
+    if isinstance(data, (pa.RecordBatch, pa.Table)) and (
+        data.schema.equals(table.schema) or (data.schema.names == table.names and data.schema.types == list(table.types))
+    ):
         return _exact(table, data, check_enums)
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)) and (not data or isinstance(data[0], Mapping)):
         rows = list(data)
@@ -113,18 +115,36 @@ def conform_table(data: pa.Table, schema: pa.Schema, *, where: str) -> pa.Table:
 
 
 def _exact(table: TableDef, data: pa.RecordBatch | pa.Table, check_enums: bool) -> pa.Table:
-    """Fast path of :func:`to_batch` for data already in the table's column names and types."""
-    for col, arr in zip(table.columns, data.columns):
-        if not col.nullable and arr.null_count:
-            raise UsageError(f"{table.name}: column '{col.name}' must not contain nulls ({arr.null_count} found)")
-    if check_enums:
+    """Fast path of :func:`to_batch` for data already in the table's column names and types.
+
+    This runs once per append of every adapter, so it does a handful of C++ calls only.
+    """
+    for i in _required_indices(table):
+        if data.column(i).null_count:
+            col = table.columns[i]
+            raise UsageError(f"{table.name}: column '{col.name}' must not contain nulls ({data.column(i).null_count} found)")
+    if check_enums and len(data):
         for name, value_set in _ENUM_SETS.items():
-            if name in table.names and len(data):
+            if name in table.names:
                 arr = data.column(name)
-                if not pc.all(pc.is_in(arr, value_set=value_set)).as_py():
+                if pc.index_in(arr, value_set=value_set).null_count:
                     bad = pc.filter(arr, pc.invert(pc.is_in(arr, value_set=value_set)))
                     raise UsageError(
                         f"{table.name}: column '{name}' has unknown value {bad[0].as_py()!r}; allowed: {', '.join(ENUM_COLUMNS[name])}"
                     )
+    if isinstance(data, pa.Table) and data.schema.equals(table.schema, check_metadata=True):
+        return data
     # Same names and types: only the field nullability and schema metadata change (no copy).
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([pa.RecordBatch.from_arrays(data.columns, schema=table.schema)])
     return pa.Table.from_arrays(data.columns, schema=table.schema)
+
+
+_REQUIRED: dict[str, tuple[int, ...]] = {}
+
+
+def _required_indices(table: TableDef) -> tuple[int, ...]:
+    idx = _REQUIRED.get(table.name)
+    if idx is None:
+        idx = _REQUIRED[table.name] = tuple(i for i, c in enumerate(table.columns) if not c.nullable)
+    return idx

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pyarrow as pa
@@ -45,7 +46,7 @@ class Column:
     doc: str
     unit: str = ""
 
-    @property
+    @cached_property
     def field(self) -> pa.Field:
         """The column as a :class:`pyarrow.Field`."""
         # The tensors table's 'values' is declared with a null placeholder type (its real
@@ -64,7 +65,7 @@ class TableDef:
     #: Columns that together identify a row (documented, checked by the validator).
     key: tuple[str, ...] = ()
 
-    @property
+    @cached_property
     def schema(self) -> pa.Schema:
         """The table's Arrow schema, with the format version in its metadata."""
         return pa.schema(
@@ -79,10 +80,15 @@ class TableDef:
                 return c
         raise KeyError(name)
 
-    @property
+    @cached_property
     def names(self) -> list[str]:
         """Column names in declaration order."""
         return [c.name for c in self.columns]
+
+    @cached_property
+    def types(self) -> tuple[pa.DataType, ...]:
+        """Column types in declaration order."""
+        return tuple(c.type for c in self.columns)
 
 
 def type_name(t: pa.DataType) -> str:
@@ -282,7 +288,8 @@ def spec_column_table(table: TableDef) -> str:
     lines = ["| column | Arrow type | nullable | unit | meaning |", "|---|---|---|---|---|"]
     for c in table.columns:
         t = type_name(c.type) if c.type != pa.null() else "arrow.fixed_shape_tensor"
-        lines.append(f"| `{c.name}` | `{t}` | {'yes' if c.nullable else 'no'} | {c.unit} | {c.doc} |")
+        doc = c.doc.replace("|", "\\|")  # a literal | would end the Markdown cell
+        lines.append(f"| `{c.name}` | `{t}` | {'yes' if c.nullable else 'no'} | {c.unit} | {doc} |")
     return "\n".join(lines)
 
 

@@ -19,7 +19,14 @@ from tracefmt.findings import Finding
 if TYPE_CHECKING:
     from tracefmt import Trace
 
-__all__ = ["Analyzer", "AnalyzerResult", "Needs", "Param"]
+__all__ = ["Analyzer", "AnalyzerResult", "Needs", "Param", "NotApplicable"]
+
+
+class NotApplicable(Exception):
+    """Raised by :meth:`Analyzer.analyze` when the trace lacks what the analyzer needs in a way
+    :class:`Needs` cannot declare (e.g. a series named by a parameter); the pipeline records
+    the analyzer as skipped with the exception's message as the reason.
+    """
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,18 @@ class AnalyzerResult:
     findings: list[Finding] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Callable[[], Any]] = field(default_factory=dict)
+
+    def figure(self, name: str) -> Any:
+        """Build and return the figure called ``name`` (a matplotlib Figure).
+
+        Raises:
+            UsageError: No figure of that name.
+        """
+        if name not in self.figures:
+            from tracefmt.errors import UsageError
+
+            raise UsageError(f"unknown figure {name!r}; available: {', '.join(self.figures) or '(none)'}")
+        return self.figures[name]()
 
 
 class Analyzer(ABC):

@@ -1,0 +1,230 @@
+"""Activation health: per-layer telemetry, the colorful dimension, saturation, the rising crash.
+
+Sources:
+    * fast.ai course part 2 (2019 lesson 10 "looking inside the model", 2022 lesson 16
+      ``ActivationStats``): per-layer mean and standard deviation over the batches
+      ("telemetry"), the "colorful dimension" plot (each step's activation histogram as
+      one column, log1p of the counts as colour), and the pattern where activations grow
+      exponentially early in training and then suddenly collapse ("rising then crashing",
+      which wastes training and often leaves dead units).
+    * Glorot & Bengio (2010): sigmoid and tanh units saturating near their bounds, where
+      their derivative vanishes (the top hidden layer of a deep sigmoid network saturates
+      at 0 early in training).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tracefmt import Trace
+from tracefmt.findings import Finding
+
+from .base import Analyzer, AnalyzerResult, Needs, Param
+from .scan import node_table, profile, training_phases
+from .series import BucketHistograms, LayerSeries, StepGrid, collect_series, column_f64, histogram_blocks
+
+__all__ = ["ActivationsAnalyzer", "BOUNDED_OPS", "saturated_fraction_bound"]
+
+#: Activation functions with a bounded output: op_type (lower case) -> (low, high).
+BOUNDED_OPS = {
+    "tanh": (-1.0, 1.0),
+    "hardtanh": (-1.0, 1.0),
+    "softsign": (-1.0, 1.0),
+    "sigmoid": (0.0, 1.0),
+    "hardsigmoid": (0.0, 1.0),
+    "logsigmoid": None,
+}
+
+
+def _bounds(op_type: str) -> tuple[float, float] | None:
+    return BOUNDED_OPS.get((op_type or "").lower())
+
+
+def saturated_fraction_bound(mean: np.ndarray, std: np.ndarray, lo: float, hi: float, level: float) -> np.ndarray:
+    """A lower bound on the fraction of outputs with ``|z| >= level``, from mean and std alone.
+
+    With ``z`` the output rescaled from ``[lo, hi]`` to ``[-1, 1]`` and ``m2 = E[z^2]``
+    (from the mean and standard deviation), Markov's inequality applied to ``1 - z^2 >= 0``
+    gives ``P(|z| < level) <= (1 - m2) / (1 - level^2)``, hence
+    ``P(|z| >= level) >= 1 - (1 - m2) / (1 - level^2)``.
+    """
+    half = (hi - lo) / 2.0
+    mid = (hi + lo) / 2.0
+    mz = (mean - mid) / half
+    sz = std / half
+    m2 = np.clip(sz**2 + mz**2, 0.0, 1.0)
+    return np.clip(1.0 - (1.0 - m2) / (1.0 - level**2), 0.0, 1.0)
+
+
+class ActivationsAnalyzer(Analyzer):
+    """Per-layer telemetry, colorful dimension, saturation of bounded activations, rising crash."""
+
+    name = "activations"
+    description = "Per-layer activation mean/std over steps (telemetry), the colorful dimension (stacked histograms), saturation of tanh/sigmoid outputs, and fast.ai's early 'rising crash'."
+    needs = Needs(tables=("records",), kinds=("activation",))
+    params = (
+        Param("saturation_level", 0.9, "|output| rescaled to [-1, 1] at or above this counts as saturated"),
+        Param("saturation_fraction", 0.5, "a bounded layer with at least this fraction of saturated outputs over the window is saturated"),
+        Param("window", 0.25, "fraction of the last training steps over which saturation is judged"),
+        Param("early", 0.25, "fraction of the first training steps searched for a rising crash"),
+        Param("crash_rise", 5.0, "rising crash: std grows to at least this multiple of its initial value ..."),
+        Param("crash_drop", 0.2, "... then falls to at most this fraction of that peak"),
+        Param("max_buckets", 512, "step buckets kept per series for the telemetry"),
+        Param("hist_buckets", 128, "step columns kept per layer for the colorful dimension"),
+        Param("max_layers", 16, "layers drawn in the colorful-dimension figure"),
+    )
+
+    def analyze(self, trace: Trace, params: dict[str, Any]) -> AnalyzerResult:
+        """Analyze activation health of ``trace``."""
+        prof = profile(trace)
+        nodes = node_table(trace)
+        phases = training_phases(prof)
+        span = prof.steps(phases)
+        result = AnalyzerResult()
+        if span is None:
+            return result
+        grid = StepGrid(*span, max_buckets=int(params["max_buckets"]))
+        hgrid = StepGrid(*span, max_buckets=int(params["hist_buckets"]))
+        hists = BucketHistograms(hgrid)
+
+        def metrics(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+            return {"mean": column_f64(batch, "mean"), "std": column_f64(batch, "std")}
+
+        def on_batch(batch: pa.RecordBatch, sid: np.ndarray) -> None:
+            steps = batch.column("step").to_numpy()
+            for block in histogram_blocks(batch):
+                hists.add(sid, steps, block)
+
+        cols = ["mean", "std", "hist_scheme", "hist_lo", "hist_hi", "hist_counts"]
+        series = collect_series(trace, grid=grid, columns=cols, metrics=metrics, on_batch=on_batch, kinds=["activation"], phases=phases)
+        mean, std = series.mean("mean"), series.mean("std")
+        labels = [_label(nodes, k) for k in series.keys]
+        result.data["steps"] = grid.starts.tolist()
+        result.data["telemetry"] = {labels[i]: {"mean": mean[i].tolist(), "std": std[i].tolist()} for i in range(len(labels))}
+        result.findings += _saturation(series, mean, std, nodes, params, result)
+        result.findings += _rising_crash(series, std, nodes, params)
+        result.figures["telemetry"] = lambda: _plot_telemetry(series, mean, std, labels)
+        if hists.sums:
+            result.figures["colorful_dimension"] = lambda: _plot_colorful(hists, series, labels, int(params["max_layers"]))
+        return result
+
+
+def _name(nodes: dict[str, np.ndarray], nid: int) -> str:
+    return str(nodes["name"][nid]) if 0 <= nid < len(nodes["name"]) and nodes["name"][nid] is not None else str(nid)
+
+
+def _label(nodes: dict[str, np.ndarray], key: tuple) -> str:
+    nid, _kind, slot = key
+    return _name(nodes, nid) + (f":{slot}" if slot not in ("", "0") else "")
+
+
+def _saturation(series: LayerSeries, mean: np.ndarray, std: np.ndarray, nodes: dict, params: dict, result: AnalyzerResult) -> list[Finding]:
+    grid = series.grid
+    w0 = min(grid.size - 1, int(np.floor(grid.size * (1.0 - float(params["window"])))))
+    level = float(params["saturation_level"])
+    out = []
+    sat_data = {}
+    for i, key in enumerate(series.keys):
+        nid = key[0]
+        b = _bounds(str(nodes["op_type"][nid]) if nid < len(nodes["op_type"]) else "")
+        if b is None:
+            continue
+        frac = saturated_fraction_bound(mean[i], std[i], b[0], b[1], level)
+        frac = np.where(np.isfinite(mean[i]) & np.isfinite(std[i]), frac, np.nan)
+        sat_data[_label(nodes, key)] = frac.tolist()
+        win = frac[w0:]
+        if not np.isfinite(win).any():
+            continue
+        value = float(np.nanmean(win))
+        if value >= params["saturation_fraction"]:
+            name = _name(nodes, nid)
+            out.append(Finding(
+                "activations", "saturated", "warning",
+                f"'{name}' ({nodes['op_type'][nid]}) is saturated: at least {value:.0%} of its outputs lie within {1 - level:.0%} of its bounds over the last steps, where its gradient vanishes.",
+                node_id=nid, node=name, step_first=int(grid.start(w0)), step_last=grid.last, metric="saturated_fraction_lower_bound", value=value, threshold=params["saturation_fraction"],
+            ))  # fmt: skip
+    result.data["saturation"] = sat_data
+    return out
+
+
+def _rising_crash(series: LayerSeries, std: np.ndarray, nodes: dict, params: dict) -> list[Finding]:
+    grid = series.grid
+    end = max(1, int(np.ceil(grid.size * float(params["early"]))))
+    out = []
+    for i, key in enumerate(series.keys):
+        s = std[i, :end]
+        ok = np.flatnonzero(np.isfinite(s) & (s > 0))
+        if len(ok) < 4:
+            continue
+        base = s[ok[0]]
+        p = ok[int(np.argmax(s[ok]))]
+        rise = s[p] / base
+        after = s[p + 1 :]
+        after = after[np.isfinite(after)]
+        if rise < params["crash_rise"] or not len(after):
+            continue
+        trough = float(after.min())
+        if trough > params["crash_drop"] * s[p]:
+            continue
+        nid = key[0]
+        name = _name(nodes, nid)
+        out.append(Finding(
+            "activations", "rising-crash", "warning",
+            f"Activations of '{name}' rise then crash early in training: std grows {rise:.3g} x to {s[p]:.3g} at step {grid.start(int(p))}, then falls to {trough:.3g}.",
+            node_id=nid, node=name, step_first=int(grid.start(int(ok[0]))), step_last=grid.end(end - 1), metric="std_rise", value=float(rise), threshold=params["crash_rise"],
+        ))  # fmt: skip
+    return out
+
+
+def _plot_telemetry(series: LayerSeries, mean: np.ndarray, std: np.ndarray, labels: list[str]) -> Any:
+    from .figures import SERIES_COLORS, new_figure, short_label
+
+    fig, (ax_m, ax_s) = new_figure(nrows=2, width=8, height=6, sharex=True)
+    x = series.grid.starts
+    for i, label in enumerate(labels):
+        c = SERIES_COLORS[i % len(SERIES_COLORS)]
+        ax_m.plot(x, mean[i], lw=1, color=c, label=short_label(label))
+        ax_s.plot(x, std[i], lw=1, color=c)
+    ax_m.set_ylabel("mean")
+    ax_s.set_ylabel("std")
+    ax_s.set_xlabel("step")
+    ax_m.set_title("Activation telemetry per layer")
+    if 0 < len(labels) <= 16:
+        ax_m.legend(fontsize=6, ncol=2)
+    return fig
+
+
+def _plot_colorful(hists: BucketHistograms, series: LayerSeries, labels: list[str], max_layers: int) -> Any:
+    from .figures import SEQUENTIAL_CMAP, new_figure, short_label
+
+    sids = sorted(hists.sums)[:max_layers]
+    ncols = min(4, len(sids))
+    nrows = -(-len(sids) // ncols)
+    fig, axes = new_figure(nrows=nrows, ncols=ncols, width=3 * ncols, height=2.2 * nrows, squeeze=False)
+    grid = hists.grid
+    for ax in axes.flat[len(sids):]:
+        ax.set_visible(False)
+    for ax, sid in zip(axes.flat, sids):
+        counts = hists.sums[sid]
+        edges = np.asarray(_edges(hists.binning[sid]))
+        ax.imshow(np.log1p(counts.T), aspect="auto", origin="lower", cmap=SEQUENTIAL_CMAP, interpolation="nearest",
+                  extent=(grid.first, grid.last + 1, 0, counts.shape[1]))  # fmt: skip
+        ticks = np.linspace(0, counts.shape[1], 5).astype(int)
+        ax.set_yticks(ticks, [_fmt_edge(edges[min(t, len(edges) - 1)]) for t in ticks], fontsize=6)
+        ax.set_title(short_label(labels[sid], 24), fontsize=8)
+        ax.tick_params(axis="x", labelsize=6)
+    fig.suptitle("Colorful dimension: log1p(histogram counts) per step")
+    return fig
+
+
+def _edges(key: tuple) -> np.ndarray:
+    from tracefmt.histogram import edges
+
+    return edges(*key)
+
+
+def _fmt_edge(v: float) -> str:
+    return f"{v:.0e}" if np.isfinite(v) and v != 0 and abs(v) < 0.01 else (f"{v:.2g}" if np.isfinite(v) else ("-inf" if v < 0 else "inf"))

@@ -1,0 +1,275 @@
+"""Dead layers, dead units and layers whose output never changes.
+
+Sources:
+    * fast.ai course part 2 (2019 lesson 10, 2022 lesson 16 "ActivationStats"): the
+      fraction of activations in the histogram's bottom bins, plotted per layer over
+      training, shows layers whose activations collapse to zero.
+    * Lu et al. (2019), "Dying ReLU and Initialization": a ReLU unit whose input is negative
+      for every example outputs zero and receives zero gradient, so it never recovers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracefmt import Trace
+from tracefmt.findings import Finding
+
+from .base import Analyzer, AnalyzerResult, Needs, Param
+from .scan import node_table, profile, training_phases
+from .series import LayerSeries, StepGrid, collect_series, column_f64, finite_count, histogram_blocks
+
+__all__ = ["DeadAnalyzer", "near_zero_mask", "is_rectifier"]
+
+_RECTIFIERS = ("relu", "elu", "gelu", "silu", "softplus", "hardswish", "mish", "threshold", "hardsigmoid")
+
+
+def is_rectifier(op_type: str) -> bool:
+    """True for activation functions that output (near) zero for negative inputs."""
+    low = (op_type or "").lower()
+    return any(r in low for r in _RECTIFIERS)
+
+
+def near_zero_mask(bin_edges: np.ndarray, scheme: str, near_zero: float) -> np.ndarray | None:
+    """Bins lying wholly inside ``|x| < near_zero``; None if the binning cannot resolve it.
+
+    For ``abs_linear`` edges are of ``|x|``. With fast.ai's binning (``abs_linear`` 0..10,
+    40 bins) and ``near_zero=0.25`` this is fast.ai's bottom bin.
+    """
+    lo, hi = bin_edges[:-1], bin_edges[1:]
+    if scheme == "abs_linear":
+        mask = hi <= near_zero * (1 + 1e-12)
+    else:
+        mask = (lo >= -near_zero * (1 + 1e-12)) & (hi <= near_zero * (1 + 1e-12))
+    return mask if mask.any() else None
+
+
+class DeadAnalyzer(Analyzer):
+    """Dead layers (near-zero/exact-zero fraction), dead units (never positive), constant outputs."""
+
+    name = "dead"
+    description = "Dead layers (fraction of near-zero or exactly-zero activations over the last steps), dead units (channels never positive), layers whose output never changes."
+    needs = Needs(tables=("records",), kinds=("activation",))
+    params = (
+        Param("threshold", 0.9, "a layer whose near-zero fraction over the window is at least this is dead (warning)"),
+        Param("error_threshold", 0.99, "near-zero fraction at which a dead layer is an error"),
+        Param("near_zero", 1e-3, "|x| below this counts as near zero (resolved to histogram bin edges; exact zeros without histograms)"),
+        Param("window", 0.25, "fraction of the last training steps a layer must stay dead"),
+        Param("unit_fraction", 0.25, "dead units of a rectifier layer at or above this fraction are a warning (fewer are info)"),
+        Param("constant_rtol", 1e-6, "relative spread of mean/std/L2 over the window below which an output never changes"),
+        Param("max_buckets", 512, "step buckets kept per series (bounds memory on long runs)"),
+    )
+
+    def analyze(self, trace: Trace, params: dict[str, Any]) -> AnalyzerResult:
+        """Analyze ``trace`` for dead layers and units."""
+        prof = profile(trace)
+        nodes = node_table(trace)
+        phases = training_phases(prof)
+        span = prof.steps(phases)
+        result = AnalyzerResult()
+        if span is None:
+            return result
+        grid = StepGrid(*span, max_buckets=int(params["max_buckets"]))
+        w0 = min(grid.size - 1, int(np.floor(grid.size * (1.0 - float(params["window"])))))
+        window_start = int(grid.start(w0))
+        near_zero = float(params["near_zero"])
+        unit_max: dict[int, np.ndarray] = {}
+        masks: dict[tuple, np.ndarray | None] = {}
+
+        def metrics(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+            n = finite_count(batch)
+            numel = batch.column("numel").to_numpy().astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                zero = np.where(numel > 0, batch.column("zero_count").to_numpy() / np.where(numel > 0, numel, 1), np.nan)
+            near = np.full(batch.num_rows, np.nan)
+            for block in histogram_blocks(batch):
+                if block.key not in masks:
+                    masks[block.key] = near_zero_mask(block.edges(), block.key[0], near_zero)
+                mask = masks[block.key]
+                if mask is not None:
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        near[block.rows] = block.counts[:, mask].sum(axis=1) / np.where(n[block.rows] > 0, n[block.rows], np.nan)
+            dead = np.where(np.isnan(near), zero, np.fmax(near, zero))
+            return {"dead": dead, "zero": zero, "mean": column_f64(batch, "mean"), "std": column_f64(batch, "std"), "l2": column_f64(batch, "l2"), "max": column_f64(batch, "max")}
+
+        def units(batch: pa.RecordBatch, sid: np.ndarray) -> None:
+            col = batch.column("channel_pos_frac")
+            if col.null_count == batch.num_rows:
+                return
+            finite = (batch.column("nan_count").to_numpy() == 0) & (batch.column("inf_count").to_numpy() == 0)
+            keep = col.is_valid().to_numpy(zero_copy_only=False) & (batch.column("step").to_numpy() >= window_start) & finite
+            if not keep.any():
+                return
+            ids = batch.column("node_id").to_numpy()
+            for nid in np.unique(ids[keep]).tolist():
+                rows = np.flatnonzero(keep & (ids == nid))
+                vals = col.take(pa.array(rows))
+                lengths = pc.list_value_length(vals).to_numpy(zero_copy_only=False)
+                flat = pc.list_flatten(vals).to_numpy(zero_copy_only=False)
+                if not len(lengths) or (lengths != lengths[0]).any():
+                    continue
+                m = flat.reshape(len(rows), lengths[0]).max(axis=0)
+                prev = unit_max.get(nid)
+                unit_max[nid] = m if prev is None or len(prev) != len(m) else np.maximum(prev, m)
+
+        cols = ["numel", "nan_count", "inf_count", "zero_count", "mean", "std", "l2", "max", "hist_scheme", "hist_lo", "hist_hi", "hist_counts", "channel_pos_frac"]
+        series = collect_series(trace, grid=grid, columns=cols, metrics=metrics, on_batch=units, kinds=["activation"], phases=phases)
+        frac = series.mean("dead")
+        result.data["dead_fraction"] = {_name(nodes, k[0]) + (f":{k[2]}" if k[2] not in ("", "0") else ""): frac[i].tolist() for i, k in enumerate(series.keys)}
+        result.data["steps"] = grid.starts.tolist()
+        result.data["window_start"] = window_start
+        dead_nodes = _dead_layers(series, frac, w0, nodes, trace, params, result)
+        result.findings += _dead_units(unit_max, series, w0, nodes, dead_nodes, params, window_start, grid)
+        result.findings += _constant_outputs(series, w0, nodes, dead_nodes, params, window_start)
+        result.figures["dead_fraction"] = lambda: _plot_fraction(series, frac, nodes, params)
+        if unit_max:
+            result.figures["dead_units"] = lambda: _plot_units(unit_max, nodes)
+        return result
+
+
+def _name(nodes: dict[str, np.ndarray], nid: int) -> str:
+    return str(nodes["name"][nid]) if 0 <= nid < len(nodes["name"]) and nodes["name"][nid] is not None else str(nid)
+
+
+def _upstream(trace: Trace, nodes: dict[str, np.ndarray], nid: int, has_records: set[int]) -> list[int]:
+    """Producers of ``nid``'s inputs (graph edges), else the node executed just before it."""
+    preds = [src for src, dst, _ in trace.edges() if dst == nid and src in has_records]
+    if preds:
+        return sorted(set(preds))
+    order = nodes["order"]
+    mine = order[nid] if nid < len(order) else -1
+    if mine <= 0:
+        return []
+    earlier = [n for n in has_records if 0 <= order[n] < mine and not nodes["container"][n]]
+    return [max(earlier, key=lambda n: order[n])] if earlier else []
+
+
+def _dead_layers(series: LayerSeries, frac: np.ndarray, w0: int, nodes: dict, trace: Trace, params: dict, result: AnalyzerResult) -> set[int]:
+    grid = series.grid
+    peak = series.extreme("max", "max")
+    has_records = {k[0] for k in series.keys}
+    dead: set[int] = set()
+    for i, (nid, _kind, _slot) in enumerate(series.keys):
+        win = frac[i, w0:]
+        if not np.isfinite(win).any():
+            continue
+        level = float(np.nanmean(win))
+        if level < params["threshold"]:
+            continue
+        # Dead since: the start of the final run of buckets at or above the threshold.
+        ok = np.isfinite(frac[i]) & (frac[i] >= params["threshold"])
+        filled = np.flatnonzero(np.isfinite(frac[i]))
+        start = int(filled[-1])
+        while start > 0 and (not np.isfinite(frac[i, start - 1]) or ok[start - 1]):
+            start -= 1
+        while not np.isfinite(frac[i, start]):
+            start += 1
+        name = _name(nodes, nid)
+        cause = ""
+        for up in _upstream(trace, nodes, nid, has_records):
+            rows = [j for j, k in enumerate(series.keys) if k[0] == up]
+            up_max = max((float(np.nanmax(peak[j, w0:])) for j in rows if np.isfinite(peak[j, w0:]).any()), default=np.nan)
+            if np.isfinite(up_max) and up_max < 0:
+                up_name = _name(nodes, up)
+                cause = f" Its input from '{up_name}' is negative everywhere (max {up_max:.3g})."
+                result.findings.append(Finding(
+                    "dead", "negative-preactivation", "warning",
+                    f"Every output of '{up_name}' is negative over the last steps (max {up_max:.3g}), so '{name}' after it outputs zero: a bias or initialisation pushed it below zero.",
+                    node_id=up, node=up_name, step_first=int(grid.start(start)), step_last=grid.last, metric="max", value=up_max, threshold=0.0,
+                ))  # fmt: skip
+        sev = "error" if level >= params["error_threshold"] else "warning"
+        result.findings.append(Finding(
+            "dead", "dead-layer", sev,
+            f"Layer '{name}' is dead: {level:.1%} of its outputs are (near) zero over the last steps, since step {grid.start(start)}.{cause}",
+            node_id=nid, node=name, step_first=int(grid.start(start)), step_last=grid.last, metric="near_zero_fraction", value=level, threshold=params["threshold"],
+        ))  # fmt: skip
+        dead.add(nid)
+    return dead
+
+
+def _dead_units(unit_max: dict, series: LayerSeries, w0: int, nodes: dict, dead_nodes: set[int], params: dict, window_start: int, grid: StepGrid) -> list[Finding]:
+    zero = series.mean("zero")
+    has_zeros = {k[0] for i, k in enumerate(series.keys) if np.nanmax(np.nan_to_num(zero[i, w0:], nan=0.0), initial=0.0) > 0}
+    out = []
+    for nid, m in sorted(unit_max.items()):
+        if nid in dead_nodes:
+            continue
+        op = str(nodes["op_type"][nid]) if nid < len(nodes["op_type"]) else ""
+        if not (is_rectifier(op) or nid in has_zeros):
+            continue
+        n_dead = int((m <= 0).sum())
+        if not n_dead:
+            continue
+        share = n_dead / len(m)
+        name = _name(nodes, nid)
+        sev = "warning" if share >= params["unit_fraction"] else "info"
+        out.append(Finding(
+            "dead", "dead-units", sev,
+            f"{n_dead} of {len(m)} units of '{name}' never output a positive value over the last steps (from step {window_start}).",
+            node_id=nid, node=name, step_first=window_start, step_last=grid.last, metric="dead_unit_fraction", value=share, threshold=params["unit_fraction"],
+        ))  # fmt: skip
+    return out
+
+
+def _constant_outputs(series: LayerSeries, w0: int, nodes: dict, dead_nodes: set[int], params: dict, window_start: int) -> list[Finding]:
+    out = []
+    rtol = float(params["constant_rtol"])
+    count = series.stats.count["mean"][: len(series.keys), w0:]
+    spans = {}
+    for metric in ("mean", "std", "l2"):
+        lo = series.extreme(metric, "min")[:, w0:]
+        hi = series.extreme(metric, "max")[:, w0:]
+        spans[metric] = (np.nanmin(np.where(np.isnan(lo), np.inf, lo), axis=1, initial=np.inf), np.nanmax(np.where(np.isnan(hi), -np.inf, hi), axis=1, initial=-np.inf))
+    steps_seen = (count > 0).sum(axis=1) * series.grid.width
+    reported: set[int] = set()
+    for i, (nid, _kind, _slot) in enumerate(series.keys):
+        if nid in dead_nodes or nid in reported or steps_seen[i] < 3 or count[i].sum() < 3:
+            continue
+        constant = True
+        for lo, hi in spans.values():
+            a, b = lo[i], hi[i]
+            if not (np.isfinite(a) and np.isfinite(b)) or (b - a) > rtol * max(abs(a), abs(b), 1e-30):
+                constant = False
+                break
+        if not constant:
+            continue
+        reported.add(nid)
+        name = _name(nodes, nid)
+        learns = nid < len(nodes["param_count"]) and nodes["param_count"][nid] > 0
+        out.append(Finding(
+            "dead", "constant-output", "warning" if learns else "info",
+            f"The output of '{name}' never changes over the last steps (mean {spans['mean'][0][i]:.4g}, std {spans['std'][0][i]:.4g}): it ignores its input{' and its parameters do not learn' if learns else ''}.",
+            node_id=nid, node=name, step_first=window_start, step_last=series.grid.last, metric="relative_spread", value=0.0, threshold=rtol,
+        ))  # fmt: skip
+    return out
+
+
+def _plot_fraction(series: LayerSeries, frac: np.ndarray, nodes: dict, params: dict) -> Any:
+    from .figures import SEQUENTIAL_CMAP, new_figure, short_label
+
+    fig, ax = new_figure(width=8, height=max(2.5, 0.25 * len(series.keys) + 1.5))
+    img = ax.imshow(np.nan_to_num(frac, nan=0.0), aspect="auto", origin="upper", cmap=SEQUENTIAL_CMAP, vmin=0, vmax=1, interpolation="nearest",
+                    extent=(series.grid.first, series.grid.last + 1, len(series.keys) - 0.5, -0.5))  # fmt: skip
+    ax.set_yticks(range(len(series.keys)), [short_label(_name(nodes, k[0])) for k in series.keys], fontsize=7)
+    ax.set_xlabel("step")
+    ax.set_title(f"Fraction of near-zero activations (|x| < {params['near_zero']:g})")
+    fig.colorbar(img, ax=ax, label="fraction")
+    return fig
+
+
+def _plot_units(unit_max: dict, nodes: dict) -> Any:
+    from .figures import SERIES_COLORS, new_figure, short_label
+
+    fig, ax = new_figure(width=8, height=4)
+    ids = sorted(unit_max)
+    shares = [float((unit_max[n] <= 0).mean()) for n in ids]
+    ax.bar(range(len(ids)), shares, color=SERIES_COLORS[3])
+    ax.set_xticks(range(len(ids)), [short_label(_name(nodes, n), 16) for n in ids], rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction of dead units")
+    ax.set_title("Units never positive over the window")
+    return fig

@@ -1,0 +1,312 @@
+"""Gradient health: vanishing and exploding gradients, update/weight ratios, the NaN origin.
+
+Sources:
+    * Glorot & Bengio (2010), "Understanding the difficulty of training deep feedforward
+      neural networks": in deep sigmoid networks the back-propagated gradients shrink layer
+      after layer, so the lower layers barely learn. Measured here as each layer's typical
+      gradient RMS relative to the layer nearest the loss.
+    * Pascanu, Mikolov & Bengio (2013), "On the difficulty of training recurrent neural
+      networks": exploding gradients, norms growing by orders of magnitude.
+    * Karpathy, CS231n notes "Neural Networks Part 3" (ratio of weights:updates): the
+      update/weight norm ratio should be around 1e-3; far below, the learning rate is too
+      low; far above, too high.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tracefmt import Trace
+from tracefmt.findings import Finding
+
+from .base import Analyzer, AnalyzerResult, Needs, Param
+from .nan_origin import NanOrigin, find_nan_origin
+from .scan import node_table, profile, training_phases
+from .series import LayerSeries, StepGrid, collect_series, column_f64, nanmedian_rows, rms
+
+__all__ = ["GradientsAnalyzer"]
+
+_GRAD_KINDS = ("gradient", "weight_grad")
+_WEIGHT_KINDS = ("weight", "weight_update")
+#: float32 machine epsilon: a relative update smaller than this is rounded away.
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+
+def _is_weight_slot(slot: str) -> bool:
+    return "bias" not in slot and not slot.startswith("all:")
+
+
+class GradientsAnalyzer(Analyzer):
+    """Vanishing/exploding gradients per layer and across depth, update/weight ratio, NaN origin."""
+
+    name = "gradients"
+    description = "Vanishing and exploding gradients (per layer, across depth, over time), update/weight ratio per layer, and the first node and step where NaN/Inf appear."
+    needs = Needs(tables=("records",), kinds=_GRAD_KINDS, any_kind=True)
+    params = (
+        Param("vanishing_ratio", 1e-3, "a layer whose typical gradient RMS is below this fraction of the output-side layer's is vanishing"),
+        Param("exploding_ratio", 1e3, "a layer whose typical gradient RMS exceeds the output-side layer's by this factor explodes across depth"),
+        Param("growth_factor", 100.0, "gradient RMS growing by this factor over its value at the start of training is exploding"),
+        Param("update_ratio_low", 1e-5, "median |update|/|weight| below this: learning rate probably too low (info)"),
+        Param("update_ratio_high", 0.1, "median |update|/|weight| above this: learning rate probably too high (info)"),
+        Param("update_ratio_floor", FLOAT32_EPS, "median |update|/|weight| below this is lost to float32 rounding (warning)"),
+        Param("update_ratio_ceiling", 1.0, "median |update|/|weight| above this replaces the weight each step (warning)"),
+        Param("max_buckets", 512, "step buckets kept per series (bounds memory on long runs)"),
+    )
+
+    def analyze(self, trace: Trace, params: dict[str, Any]) -> AnalyzerResult:
+        """Analyze gradient health of ``trace``."""
+        prof = profile(trace)
+        nodes = node_table(trace)
+        phases = training_phases(prof)
+        span = prof.steps(phases)
+        result = AnalyzerResult()
+        origin = find_nan_origin(trace)
+        if origin is not None:
+            result.findings.append(_origin_finding(origin, nodes))
+            result.data["nan_origin"] = origin.__dict__
+        if span is None:
+            return result
+        grid = StepGrid(*span, max_buckets=int(params["max_buckets"]))
+        series = collect_series(
+            trace,
+            grid=grid,
+            columns=["numel", "nan_count", "inf_count", "l2"],
+            metrics=lambda b: {"rms": rms(b), "l2": column_f64(b, "l2")},
+            kinds=[*_GRAD_KINDS, *_WEIGHT_KINDS],
+            phases=phases,
+        )
+        depth = _depth_profile(series, nodes)
+        result.data["depth"] = depth
+        result.findings += _depth_findings(depth, nodes, params, grid)
+        result.findings += _growth_findings(series, nodes, params)
+        ratios = _update_ratios(series)
+        result.data["update_ratio"] = {f"{nodes['name'][n]}.{s}": float(np.nanmedian(r)) if np.isfinite(r).any() else None for (n, s), (r, _) in ratios.items()}
+        result.findings += _ratio_findings(ratios, nodes, params, grid)
+        result.data["steps"] = grid.starts.tolist()
+        result.figures["gradient_rms"] = lambda: _plot_rms(series, nodes)
+        result.figures["depth"] = lambda: _plot_depth(depth)
+        if ratios:
+            result.figures["update_ratio"] = lambda: _plot_ratios(ratios, nodes, grid, params)
+        return result
+
+
+def _node_name(nodes: dict[str, np.ndarray], nid: int) -> str:
+    return str(nodes["name"][nid]) if 0 <= nid < len(nodes["name"]) and nodes["name"][nid] is not None else str(nid)
+
+
+def _origin_finding(o: NanOrigin, nodes: dict[str, np.ndarray]) -> Finding:
+    what = "NaN" if o.nan_count else "Inf"
+    name = _node_name(nodes, o.node_id)
+    of = {"activation": "output", "gradient": "output gradient", "input": "input", "weight": "parameter", "weight_grad": "parameter gradient", "weight_update": "parameter update"}.get(o.kind, o.kind)
+    slot = f" '{o.slot}'" if o.kind.startswith("weight") and o.slot else ""
+    return Finding(
+        analyzer="gradients",
+        code="nan-origin",
+        severity="error",
+        node_id=o.node_id,
+        node=name,
+        step_first=o.step,
+        step_last=o.last_step,
+        metric="nan_count" if o.nan_count else "inf_count",
+        value=float(o.nan_count or o.inf_count),
+        threshold=0.0,
+        message=f"{what} first appears at step {o.step} ({o.phase}) in the {of}{slot} of '{name}', the earliest of {o.bad_records} non-finite records ({o.bad_nodes} nodes) at that step in execution order.",
+    )
+
+
+def _order_key(nodes: dict[str, np.ndarray], nid: int) -> int:
+    o = nodes["order"][nid] if nid < len(nodes["order"]) else -1
+    return int(o) if o >= 0 else 1_000_000 + nid
+
+
+def _depth_profile(series: LayerSeries, nodes: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Typical gradient RMS per layer (median over step buckets), in forward order."""
+    keys = series.keys
+    kinds_present = {k for _, k, _ in keys}
+    kind = "gradient" if "gradient" in kinds_present else "weight_grad"
+    rms_b = series.mean("rms")
+    typical = nanmedian_rows(rms_b) if len(keys) else np.array([])
+    peak = series.extreme("rms", "max") if len(keys) else np.zeros((0, 0))
+    per_node: dict[int, tuple[float, float]] = {}
+    for i, (nid, k, slot) in enumerate(keys):
+        if k != kind or (kind == "weight_grad" and not _is_weight_slot(slot)) or not np.isfinite(typical[i]):
+            continue
+        if nid < len(nodes["container"]) and nodes["container"][nid]:
+            continue
+        prev = per_node.get(nid, (0.0, 0.0))
+        per_node[nid] = (max(prev[0], float(typical[i])), max(prev[1], float(np.nanmax(peak[i]))))
+    with_params = [n for n in per_node if n < len(nodes["param_count"]) and nodes["param_count"][n] > 0]
+    chosen = with_params if len(with_params) >= 2 else list(per_node)
+    chosen.sort(key=lambda n: _order_key(nodes, n))
+    return [{"node_id": int(n), "node": _node_name(nodes, n), "kind": kind, "rms": per_node[n][0], "peak": per_node[n][1]} for n in chosen]
+
+
+def _depth_findings(depth: list[dict[str, Any]], nodes: dict[str, np.ndarray], params: dict[str, Any], grid: StepGrid) -> list[Finding]:
+    out: list[Finding] = []
+    for d in depth:
+        if d["peak"] == 0.0:
+            out.append(Finding("gradients", "zero-gradient", "warning", f"No gradient reaches '{d['node']}': its {d['kind']} is exactly zero throughout.", node_id=d["node_id"], node=d["node"], step_first=grid.first, step_last=grid.last, metric=f"{d['kind']}_rms", value=0.0, threshold=0.0))
+    live = [d for d in depth if d["rms"] > 0]
+    if len(live) < 2:
+        return out
+    ref = live[-1]
+    for d in live[:-1]:
+        ratio = d["rms"] / ref["rms"]
+        if ratio < params["vanishing_ratio"]:
+            out.append(Finding(
+                "gradients", "vanishing-gradient", "warning",
+                f"Vanishing gradient at '{d['node']}': typical {d['kind']} RMS {d['rms']:.3g} is {ratio:.2g} x that of the output-side layer '{ref['node']}' ({ref['rms']:.3g}).",
+                node_id=d["node_id"], node=d["node"], step_first=grid.first, step_last=grid.last,
+                metric=f"{d['kind']}_rms_ratio_to_last", value=ratio, threshold=params["vanishing_ratio"],
+            ))  # fmt: skip
+        elif ratio > params["exploding_ratio"]:
+            out.append(Finding(
+                "gradients", "exploding-gradient-depth", "warning",
+                f"Gradient grows towards the input at '{d['node']}': typical {d['kind']} RMS {d['rms']:.3g} is {ratio:.3g} x that of the output-side layer '{ref['node']}'.",
+                node_id=d["node_id"], node=d["node"], step_first=grid.first, step_last=grid.last,
+                metric=f"{d['kind']}_rms_ratio_to_last", value=ratio, threshold=params["exploding_ratio"],
+            ))  # fmt: skip
+    return out
+
+
+def _growth_findings(series: LayerSeries, nodes: dict[str, np.ndarray], params: dict[str, Any]) -> list[Finding]:
+    """Per node: the first step where a gradient RMS exceeds growth_factor x its initial value."""
+    keys = series.keys
+    if not keys:
+        return []
+    peak = series.extreme("rms", "max")
+    first_vals = series.mean("rms")
+    grid = series.grid
+    worst: dict[int, tuple[int, int, float, str]] = {}
+    for i, (nid, kind, _slot) in enumerate(keys):
+        if kind not in _GRAD_KINDS:
+            continue
+        vals = first_vals[i]
+        ok = np.flatnonzero(np.isfinite(vals) & (vals > 0))
+        if len(ok) < 2:
+            continue
+        # Baseline: the start of training (first 5% of the buckets that have a value).
+        base = float(np.median(vals[ok[: max(1, len(ok) // 20)]]))
+        growth = peak[i] / base
+        hit = np.flatnonzero(np.isfinite(growth) & (growth >= params["growth_factor"]))
+        if not len(hit):
+            continue
+        b0, b1, g = int(hit[0]), int(hit[-1]), float(np.nanmax(growth))
+        prev = worst.get(nid)
+        if prev is None or b0 < prev[0] or (b0 == prev[0] and g > prev[2]):
+            worst[nid] = (b0, b1, g, kind)
+    out = []
+    for nid, (b0, b1, g, kind) in sorted(worst.items(), key=lambda kv: (kv[1][0], _order_key(nodes, kv[0]))):
+        name = _node_name(nodes, nid)
+        out.append(Finding(
+            "gradients", "exploding-gradient", "error",
+            f"Exploding gradient at '{name}': {kind} RMS reaches {g:.3g} x its initial value, first at step {grid.start(b0)}.",
+            node_id=nid, node=name, step_first=int(grid.start(b0)), step_last=grid.end(b1),
+            metric=f"{kind}_rms_growth", value=g, threshold=params["growth_factor"],
+        ))  # fmt: skip
+    return out
+
+
+def _update_ratios(series: LayerSeries) -> dict[tuple[int, str], tuple[np.ndarray, bool]]:
+    """(node, slot) -> (per-bucket |update|/|weight|, exact?); a lower bound from weight norms when no updates were recorded."""
+    keys = series.keys
+    l2 = series.mean("l2") if keys else None
+    weights = {(n, s): i for i, (n, k, s) in enumerate(keys) if k == "weight" and _is_weight_slot(s)}
+    updates = {(n, s): i for i, (n, k, s) in enumerate(keys) if k == "weight_update" and _is_weight_slot(s)}
+    out: dict[tuple[int, str], tuple[np.ndarray, bool]] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for key, wi in weights.items():
+            w = l2[wi]
+            if key in updates:
+                out[key] = (np.where(w > 0, l2[updates[key]] / w, np.nan), True)
+            elif series.grid.width == 1 and np.isfinite(w).sum() >= 2:
+                # | |W_t| - |W_t-1| | <= |W_t - W_t-1| (triangle inequality): a lower bound.
+                r = np.full_like(w, np.nan)
+                r[1:] = np.abs(np.diff(w)) / w[:-1]
+                out[key] = (r, False)
+    return out
+
+
+def _ratio_findings(ratios: dict, nodes: dict[str, np.ndarray], params: dict[str, Any], grid: StepGrid) -> list[Finding]:
+    out = []
+    for (nid, slot), (r, exact) in ratios.items():
+        fin = r[np.isfinite(r)]
+        if not len(fin):
+            continue
+        # Steps without any update (a layer that stopped receiving gradient) say nothing
+        # about the step size; the dead and zero-gradient findings cover them.
+        moving = fin[fin > 0]
+        med = float(np.median(moving)) if len(moving) else 0.0
+        name = _node_name(nodes, nid)
+        where = dict(node_id=nid, node=name, step_first=grid.first, step_last=grid.last, metric="update_weight_ratio", value=med)
+        if med > params["update_ratio_ceiling"]:
+            out.append(Finding("gradients", "update-too-large", "warning", f"Updates of '{name}.{slot}' are {med:.3g} x its norm (median{'' if exact else ', lower bound'}): each step replaces the weight; the learning rate is far too high (about 1e-3 is typical).", threshold=params["update_ratio_ceiling"], **where))
+        elif med > params["update_ratio_high"]:
+            out.append(Finding("gradients", "update-large", "info", f"Updates of '{name}.{slot}' are {med:.3g} x its norm (median{'' if exact else ', lower bound'}); about 1e-3 is typical, the learning rate may be high.", threshold=params["update_ratio_high"], **where))
+        elif exact and med == 0.0:
+            out.append(Finding("gradients", "frozen", "info", f"'{name}.{slot}' never changes (update norm 0): frozen, not in the optimizer, or it receives no gradient.", threshold=0.0, **where))
+        elif exact and med < params["update_ratio_floor"]:
+            out.append(Finding("gradients", "update-too-small", "warning", f"Updates of '{name}.{slot}' are {med:.3g} x its norm (median), below float32 resolution: the layer does not learn.", threshold=params["update_ratio_floor"], **where))
+        elif exact and med < params["update_ratio_low"]:
+            out.append(Finding("gradients", "update-small", "info", f"Updates of '{name}.{slot}' are {med:.3g} x its norm (median); about 1e-3 is typical, the learning rate may be low.", threshold=params["update_ratio_low"], **where))
+    return out
+
+
+# -- figures -------------------------------------------------------------------------------
+def _plot_rms(series: LayerSeries, nodes: dict[str, np.ndarray]) -> Any:
+    from .figures import SERIES_COLORS, new_figure, short_label
+
+    fig, ax = new_figure(width=8, height=4.5)
+    vals = series.mean("rms")
+    x = series.grid.starts
+    drawn = 0
+    for i, (nid, kind, slot) in enumerate(series.keys):
+        if kind != "gradient" and not (kind == "weight_grad" and _is_weight_slot(slot)):
+            continue
+        ok = np.isfinite(vals[i]) & (vals[i] > 0)
+        if ok.any():
+            ax.plot(x[ok], vals[i][ok], color=SERIES_COLORS[drawn % len(SERIES_COLORS)], lw=1, label=f"{short_label(_node_name(nodes, nid))} ({kind})")
+            drawn += 1
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("gradient RMS")
+    ax.set_title("Gradient RMS per layer")
+    if 0 < drawn <= 16:
+        ax.legend(fontsize=6, ncol=2)
+    return fig
+
+
+def _plot_depth(depth: list[dict[str, Any]]) -> Any:
+    from .figures import SERIES_COLORS, new_figure, short_label
+
+    fig, ax = new_figure(width=8, height=4)
+    vals = [d["rms"] for d in depth]
+    ax.bar(range(len(vals)), vals, color=SERIES_COLORS[0])
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(vals)), [short_label(d["node"], 16) for d in depth], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("typical gradient RMS")
+    ax.set_title("Gradient RMS across depth (input -> output)")
+    return fig
+
+
+def _plot_ratios(ratios: dict, nodes: dict[str, np.ndarray], grid: StepGrid, params: dict[str, Any]) -> Any:
+    from .figures import SERIES_COLORS, new_figure, short_label
+
+    fig, ax = new_figure(width=8, height=4.5)
+    drawn = 0
+    for (nid, slot), (r, _) in ratios.items():
+        ok = np.isfinite(r) & (r > 0)
+        if ok.any():
+            ax.plot(grid.starts[ok], r[ok], lw=1, color=SERIES_COLORS[drawn % len(SERIES_COLORS)], label=short_label(f"{_node_name(nodes, nid)}.{slot}"))
+            drawn += 1
+    ax.axhline(1e-3, color="k", ls="--", lw=0.8)
+    ax.axhspan(params["update_ratio_low"], params["update_ratio_high"], color="0.9", zorder=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("|update| / |weight|")
+    ax.set_title("Update/weight ratio per layer (guide: 1e-3)")
+    if 0 < drawn <= 16:
+        ax.legend(fontsize=6, ncol=2)
+    return fig

@@ -1,0 +1,159 @@
+"""``tracefmt analyze TRACE...``: run analyzers and report their findings.
+
+Exit codes: 0 no error findings, 1 at least one error finding, 2 bad usage or an
+unreadable trace. ``--out DIR`` writes the findings (Arrow and JSON) and every figure;
+``--write`` stores the findings inside each trace under ``findings/<analyzer>.arrow``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from . import EXIT_FOUND, EXIT_OK
+from ._output import add_format_option, emit_json, print_table
+
+_COLUMNS = ("severity", "analyzer", "code", "node", "steps", "value", "threshold", "message")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``analyze`` command."""
+    p = subparsers.add_parser(
+        "analyze",
+        help="run analyzers over one or more traces",
+        description=(
+            "Run analyzers over one or more traces and print their findings, most severe first "
+            "(exit 0 no errors, 1 error findings, 2 bad usage). With several traces, single-run "
+            "analyzers run on each and multi-run analyzers on all together."
+        ),
+    )
+    p.add_argument("traces", metavar="TRACE", nargs="+", help="trace directories")
+    p.add_argument("--only", metavar="A,B", help="run only these analyzers (comma-separated); default: all registered")
+    p.add_argument("--set", metavar="ANALYZER.PARAM=VALUE", action="append", default=[], dest="settings", help="set an analyzer parameter (repeatable); see 'tracefmt analyzers'")
+    add_format_option(p, choices=("table", "json", "arrow"))
+    p.add_argument("--out", metavar="DIR", help="write findings.arrow, findings.json and figures/ into DIR")
+    p.add_argument("--figure-format", default="png", metavar="FMT[,FMT]", help="figure formats written with --out: png, svg, pdf (default: png)")
+    p.add_argument("--write", action="store_true", help="also store the findings inside each trace (findings/<analyzer>.arrow)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal)")
+    p.set_defaults(run=run)
+
+
+def _settings(items: list[str]) -> dict[str, str]:
+    from ..analyzers.params import parse_assignment
+
+    return dict(parse_assignment(s) for s in items)
+
+
+def _progress(enabled: bool) -> tuple[Any, Any]:
+    """A tqdm bar on stderr when it is a terminal (and tqdm is installed)."""
+    if not enabled or not sys.stderr.isatty():
+        return None, None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None, None
+    bar = tqdm(unit="rec", unit_scale=True, file=sys.stderr, desc="analyzing", leave=False)
+    return bar, bar.update
+
+
+def _rows(table: Any) -> list[dict[str, Any]]:
+    rows = table.to_pylist()
+    for r in rows:
+        a, b = r["step_first"], r["step_last"]
+        r["steps"] = None if a is None else (str(a) if b is None or a == b else f"{a}-{b}")
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    """Analyze ``args.traces`` and print the findings."""
+    from ..analyzers import run as run_analyzers
+
+    if args.format == "arrow" and not args.out and sys.stdout.isatty():
+        raise UsageError("--format arrow writes a binary Arrow stream: redirect stdout to a file or a pipe, or use --out DIR")
+    formats = [f.strip() for f in args.figure_format.split(",") if f.strip()]
+    bar, callback = _progress(not args.no_progress)
+    try:
+        report = run_analyzers(args.traces, names=args.only, params=_settings(args.settings), progress=callback)
+    finally:
+        if bar is not None:
+            bar.close()
+    table = report.findings
+    written: list[Path] = []
+    if args.out:
+        written += _write_out(report, Path(args.out), formats)
+    if args.write:
+        written += _write_into_traces(report)
+    if args.format == "arrow":
+        _emit_arrow(table)
+    elif args.format == "json":
+        data = report.to_dict()
+        data["written"] = [str(p) for p in written]
+        emit_json(data)
+    else:
+        _print_report(report, table, written)
+    return EXIT_FOUND if report.has_errors else EXIT_OK
+
+
+def _print_report(report: Any, table: Any, written: list[Path]) -> None:
+    out = sys.stdout
+    if table.num_rows:
+        print_table(_rows(table), _COLUMNS, out, max_width=110)
+    counts = {s: 0 for s in ("error", "warning", "info")}
+    for s in table.column("severity").to_pylist():
+        counts[s] += 1
+    ran = report.to_dict()["ran"]
+    out.write(f"\n{table.num_rows} findings ({counts['error']} errors, {counts['warning']} warnings, {counts['info']} info) from {len(ran)} analyzers: {', '.join(ran) or 'none'}\n")
+    for s in report.skipped_list:
+        where = f" [{s.trace}]" if s.trace and len(report.traces) > 1 else ""
+        out.write(f"skipped {s.analyzer}{where}: {s.reason}\n")
+    if written:
+        out.write(f"wrote {len(written)} files: {', '.join(str(p) for p in written[:6])}{' ...' if len(written) > 6 else ''}\n")
+
+
+def _emit_arrow(table: Any) -> None:
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    sink = sys.stdout.buffer
+    with ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as w:
+        w.write_table(table)
+    sink.flush()
+
+
+def _write_out(report: Any, out_dir: Path, formats: list[str]) -> list[Path]:
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from ._output import emit_json as _json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = report.findings
+    arrow_path = out_dir / "findings.arrow"
+    with pa.OSFile(str(arrow_path), "wb") as f, ipc.new_file(f, table.schema) as w:
+        w.write_table(table)
+    json_path = out_dir / "findings.json"
+    with json_path.open("w") as fh:
+        _json(report.to_dict(), fh)
+    return [arrow_path, json_path, *report.save_figures(out_dir / "figures", formats=formats)]
+
+
+def _write_into_traces(report: Any) -> list[Path]:
+    from ..findings import findings_table, write_findings
+
+    written = []
+    shared = [f for res in report.results.values() for f in res.findings if len(report.traces) > 1]
+    for trace, results in zip(report.traces, report.per_trace):
+        by_analyzer: dict[str, list] = {}
+        for name, res in results.items():
+            by_analyzer.setdefault(name, []).extend(res.findings)
+        if len(report.traces) == 1:
+            for name, res in report.results.items():
+                by_analyzer.setdefault(name, list(res.findings))
+        for f in shared:
+            by_analyzer.setdefault(f.analyzer, []).append(f)
+        for name, findings in by_analyzer.items():
+            written.append(write_findings(trace.path, findings_table(findings), name=name))
+    return written

@@ -1,0 +1,162 @@
+"""Splitting a graph into consecutive chunks, each run as its own ONNX Runtime session.
+
+Statistics-only tracing must not hold every intermediate tensor at once. The nodes, in
+execution order, are cut into chunks of at most ``chunk_outputs`` captured outputs. Each
+chunk becomes a small model whose inputs are the tensors it reads from earlier chunks
+(or the graph inputs), whose initializers are those its nodes read, and whose outputs
+are its captured tensors plus the tensors later chunks still need. Running the chunks in
+order computes every node exactly once; between chunks only the live boundary tensors
+are kept, so peak memory is bounded by one chunk's outputs plus the live set, however
+many tensors are captured in all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracefmt.errors import UsageError
+
+from .graph import GraphInfo
+
+__all__ = ["Chunk", "plan_chunks", "chunk_model", "type_proto"]
+
+
+@dataclass
+class Chunk:
+    """One consecutive run of nodes executed by one session.
+
+    Attributes:
+        start: Index of the first node (execution order).
+        stop: One past the last node.
+        inputs: Tensors read from outside the chunk (earlier chunks or graph inputs).
+        initializers: Initializer names the chunk's nodes read.
+        outputs: Tensors the chunk's session returns (captured ones and those needed later).
+        release: Tensors no chunk after this one reads: dropped once this chunk has run.
+    """
+
+    start: int
+    stop: int
+    inputs: list[str] = field(default_factory=list)
+    initializers: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    release: list[str] = field(default_factory=list)
+
+
+def plan_chunks(info: GraphInfo, chunk_outputs: int | None, fed: set[str]) -> list[Chunk]:
+    """Cut the graph into chunks of at most ``chunk_outputs`` captured outputs.
+
+    Args:
+        info: The loaded graph.
+        chunk_outputs: Captured outputs per chunk; None for one chunk with everything.
+        fed: Names the caller feeds (graph inputs, including initializer overrides).
+
+    Returns:
+        The chunks, in execution order.
+    """
+    if chunk_outputs is not None and chunk_outputs < 1:
+        raise UsageError(f"chunk_outputs must be a positive integer or None, got {chunk_outputs}")
+    n = len(info.nodes)
+    bounds: list[tuple[int, int]] = []
+    start, count = 0, 0
+    for i in range(n):
+        k = len(info.captured_outputs(i))
+        if chunk_outputs is not None and count and count + k > chunk_outputs:
+            bounds.append((start, i))
+            start, count = i, 0
+        count += k
+    if n:
+        bounds.append((start, n))
+    graph_outputs = {o.name for o in info.graph.output}
+    chunk_of = [0] * n
+    for c, (a, b) in enumerate(bounds):
+        for i in range(a, b):
+            chunk_of[i] = c
+    last_reader: dict[str, int] = {}
+    for i, reads in enumerate(info.reads):
+        for r in reads:
+            last_reader[r] = max(last_reader.get(r, -1), chunk_of[i])
+    chunks = []
+    for c, (a, b) in enumerate(bounds):
+        produced: list[str] = []
+        reads_in: list[str] = []
+        seen: set[str] = set()
+        for i in range(a, b):
+            for r in info.reads[i]:
+                if r not in seen:
+                    seen.add(r)
+                    reads_in.append(r)
+            produced.extend(o for o in info.nodes[i].output if o)
+        produced_set = set(produced)
+        inputs = [r for r in reads_in if r not in produced_set and (r in fed or r not in info.initializers)]
+        inits = [r for r in reads_in if r not in produced_set and r not in fed and r in info.initializers]
+        captured = {name for i in range(a, b) for _, name in info.captured_outputs(i)}
+        outputs = [o for o in produced if o in captured or last_reader.get(o, -1) > c or o in graph_outputs]
+        release = [t for t in set(inputs) | set(outputs) if last_reader.get(t, -1) <= c]
+        chunks.append(Chunk(a, b, inputs, inits, outputs, sorted(release)))
+    return chunks
+
+
+def type_proto(ort_type: str) -> Any:
+    """An ``onnx.TypeProto`` from an ONNX Runtime type string (``'seq(tensor(float))'``)."""
+    from onnx import helper
+
+    t = ort_type.strip()
+    if t.startswith("tensor(") and t.endswith(")"):
+        return helper.make_tensor_type_proto(_elem(t[7:-1]), shape=None)
+    if t.startswith("seq(") and t.endswith(")"):
+        return helper.make_sequence_type_proto(type_proto(t[4:-1]))
+    if t.startswith("optional(") and t.endswith(")"):
+        return helper.make_optional_type_proto(type_proto(t[9:-1]))
+    if t.startswith("map(") and t.endswith(")"):
+        key, value = t[4:-1].split(",", 1)
+        return helper.make_map_type_proto(_elem(key.strip()), type_proto(value))
+    raise UsageError(f"cannot pass a value of type {ort_type} between chunks; trace with chunk_outputs=None")
+
+
+def _elem(name: str) -> int:
+    """ONNX element type of an ONNX Runtime element name ('float' -> TensorProto.FLOAT)."""
+    from onnx import TensorProto
+
+    table = {
+        "float": TensorProto.FLOAT, "double": TensorProto.DOUBLE, "float16": TensorProto.FLOAT16,
+        "bfloat16": TensorProto.BFLOAT16, "int8": TensorProto.INT8, "int16": TensorProto.INT16,
+        "int32": TensorProto.INT32, "int64": TensorProto.INT64, "uint8": TensorProto.UINT8,
+        "uint16": TensorProto.UINT16, "uint32": TensorProto.UINT32, "uint64": TensorProto.UINT64,
+        "bool": TensorProto.BOOL, "string": TensorProto.STRING,
+    }  # fmt: skip
+    if name not in table:
+        raise UsageError(f"unsupported element type {name!r} between chunks; trace with chunk_outputs=None")
+    return table[name]
+
+
+def chunk_model(info: GraphInfo, chunk: Chunk, input_types: dict[str, Any]) -> Any:
+    """Build the ModelProto that runs ``chunk``.
+
+    Args:
+        info: The loaded graph.
+        chunk: The chunk.
+        input_types: Tensor name -> ``onnx.TypeProto`` of every chunk input.
+
+    Returns:
+        A ModelProto with the chunk's nodes, initializers, inputs and outputs; opsets,
+        IR version and local functions are those of the original model.
+    """
+    from onnx import ValueInfoProto, helper
+
+    graph = info.graph
+    inputs = []
+    for name in chunk.inputs:
+        vi = ValueInfoProto(name=name)
+        vi.type.CopyFrom(input_types[name])
+        inputs.append(vi)
+    inits = [info.initializers[name] for name in chunk.initializers]
+    if info.model.ir_version < 4:
+        # Before IR 4 every initializer must also be declared as a graph input.
+        for t in inits:
+            inputs.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    outputs = [ValueInfoProto(name=name) for name in chunk.outputs]
+    sub = helper.make_graph(info.nodes[chunk.start : chunk.stop], f"{graph.name or 'graph'}_{chunk.start}", inputs, outputs, initializer=inits)
+    model = helper.make_model(sub, opset_imports=list(info.model.opset_import), ir_version=info.model.ir_version)
+    model.functions.extend(info.model.functions)
+    return model

@@ -1,0 +1,82 @@
+"""``tracefmt diff A B``: join two traces node by node and report the first divergence.
+
+Exit codes: 0 the traces agree within tolerance; 1 a divergence was found; 2 bad usage
+or an unreadable trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import EXIT_FOUND, EXIT_OK
+from ._output import add_format_option, emit_json, fmt_value, print_table
+
+_COLUMNS = ("pos", "key", "call", "a_node", "b_node", "dtype", "error", "metric", "input_error", "status")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``diff`` command."""
+    p = subparsers.add_parser(
+        "diff",
+        help="compare two traces node by node and find the first divergent node",
+        description=(
+            "Join trace A (under test) and trace B (reference) node by node (by scope, falling back to name and tensor "
+            "name) and report the first node whose output is out of tolerance while its inputs agree. Elementwise rule: "
+            "|a - b| <= atol + rtol * |b|. Exit 0 agree, 1 divergence found, 2 bad input."
+        ),
+    )
+    p.add_argument("a", metavar="A", help="trace under test")
+    p.add_argument("b", metavar="B", help="reference trace")
+    p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default per dtype: fp32 1e-5, fp16 1e-3, bf16 1e-2)")
+    p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default per dtype: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
+    p.add_argument("--by", choices=["scope", "name"], default="scope", help="primary join key (default: scope)")
+    p.add_argument("--growth", type=float, default=None, help="error amplification that marks a node as an origin (default: 10)")
+    p.add_argument("--limit", type=int, default=40, help="rows of the comparison table to print (default: 40; 0 = all)")
+    add_format_option(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Diff ``args.a`` against ``args.b`` and print the result."""
+    from ..analyzers.diff import DEFAULT_GROWTH, diff_traces
+
+    result = diff_traces(args.a, args.b, atol=args.atol, rtol=args.rtol, by=args.by, growth=args.growth or DEFAULT_GROWTH)
+    if args.format == "json":
+        emit_json(result.to_dict())
+        return EXIT_FOUND if result.divergent else EXIT_OK
+    out = sys.stdout
+    rows = [{"pos": i, **c.as_dict()} for i, c in enumerate(result.compared)]
+    shown = rows if not args.limit or len(rows) <= args.limit else _window(rows, result, args.limit)
+    if shown:
+        print_table(shown, _COLUMNS, max_width=48)
+    if len(shown) < len(rows):
+        out.write(f"({len(rows) - len(shown)} more rows; --limit 0 shows all)\n")
+    for side, items in (("A", result.unmatched_a), ("B", result.unmatched_b)):
+        if items:
+            reasons: dict[str, int] = {}
+            for u in items:
+                head = u.reason.split(":")[0]
+                reasons[head] = reasons.get(head, 0) + 1
+            out.write(f"unmatched in {side}: {len(items)} (" + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) + ")\n")
+    cov = result.coverage
+    if cov.get("side"):
+        out.write(f"leaf modules matched: {cov['matched']}/{cov['leaf_modules']} ({cov['matched_fraction']:.0%}); "
+                  f"with fused/identity modules accounted for: {cov['accounted']}/{cov['leaf_modules']} ({cov['accounted_fraction']:.0%})\n")  # fmt: skip
+    first = result.first_divergence
+    if first is None:
+        out.write(f"no divergence: {len(result.compared)} tensors compared, all within tolerance or inherited\n")
+        return EXIT_OK
+    out.write(
+        f"first divergence: {first.key or first.a_node} (call {first.call}) A {first.a_node} vs B {first.b_node}: "
+        f"{first.metric} error {fmt_value(first.error)}x tolerance (atol {first.atol:g}, rtol {first.rtol:g}), worst input {fmt_value(first.input_error)}x\n"
+    )
+    return EXIT_FOUND
+
+
+def _window(rows: list[dict], result, limit: int) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Rows around the first divergence (or the first rows when there is none)."""
+    first = result.first_divergence
+    centre = next((r["pos"] for r in rows if first is not None and r["a_node_id"] == first.a_node_id and r["b_node_id"] == first.b_node_id), 0)
+    start = max(0, min(centre - limit // 2, len(rows) - limit))
+    return rows[start : start + limit]

@@ -80,10 +80,10 @@ def _op_name(func: Any) -> str:
 def _tensors_in(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         yield value
-    elif depth < 2 and isinstance(value, (tuple, list)):
+    elif depth < 3 and isinstance(value, (tuple, list)):
         for v in value:
             yield from _tensors_in(v, depth + 1)
-    elif depth < 2 and isinstance(value, dict):
+    elif depth < 3 and isinstance(value, dict):
         for v in value.values():
             yield from _tensors_in(v, depth + 1)
 
@@ -129,6 +129,8 @@ class GraphRecorder:
         #: Record at the next forward of the root (set by the owner).
         self.armed = False
         self.done = False
+        #: Called with the recorder when a recorded forward completes.
+        self.on_done: Any = None
 
     # -- attach / detach --------------------------------------------------------------
     def attach(self) -> None:
@@ -216,6 +218,9 @@ class GraphRecorder:
                     self._mode.__exit__(None, None, None)
                     self._mode = None
                 self.done = True
+                self.armed = False
+                if self.on_done is not None:
+                    self.on_done(self)
 
         return hook
 

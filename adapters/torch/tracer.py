@@ -211,14 +211,11 @@ class TorchTracer:
     # -- attaching --------------------------------------------------------------------
     def _attach(self) -> None:
         idx = self.index
-        self._recorder = GraphRecorder(idx)
-        self._recorder.attach()
-        self._recorder.armed = True
+        self._recorder = self._new_recorder()
         self._graph_calls: dict[int, int] = {}
         self._fwd_calls: dict[int, int] = {}
         self._write_nodes()
         self._handles.append(self.model.register_forward_pre_hook(self._root_pre))
-        self._handles.append(self.model.register_forward_hook(self._root_post, always_call=True))
         self._params: list[tuple[int, str, nn.Parameter]] = []
         for node in self.traced:
             module = idx.modules[node][1]
@@ -241,21 +238,21 @@ class TorchTracer:
         self._bg.check()
         self._fwd_calls: dict[int, int] = {}
 
-    def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
-        rec = self._recorder
-        if rec.armed and rec.done:
-            rec.armed = False
-            self._graph_calls = dict(rec.calls)
-            self._write_nodes()
+    def _new_recorder(self) -> GraphRecorder:
+        rec = GraphRecorder(self.index)
+        rec.on_done = self._graph_done
+        rec.attach()
+        rec.armed = True
+        return rec
+
+    def _graph_done(self, rec: GraphRecorder) -> None:
+        self._graph_calls = dict(rec.calls)
+        self._write_nodes()
 
     def _rediscover(self) -> None:
         """Record the graph again at the next forward (the model took a new path)."""
-        old = self._recorder
-        old.detach()
-        self._recorder = GraphRecorder(self.index)
-        self._recorder.attach()
-        self._recorder.armed = True
-        del old
+        self._recorder.detach()
+        self._recorder = self._new_recorder()
 
     # -- state ------------------------------------------------------------------------
     @property

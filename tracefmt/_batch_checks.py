@@ -176,7 +176,8 @@ def _check_records(c: _Batch) -> None:
     if have_counts:
         numel, nan, inf, zero, pos = (c.num(k) for k in counts)
         c.flag((nan < 0) | (inf < 0) | (zero < 0) | (pos < 0), "bad-counts", "nan_count", "element counts must be >= 0")
-        c.flag((nan + inf > numel) | (zero + pos + nan > numel), "bad-counts", "numel",
+        numel_known = numel_ok if numel_ok is not None else np.ones(c.n, dtype=bool)
+        c.flag(numel_known & ((nan + inf > numel) | (zero + pos + nan > numel)), "bad-counts", "numel",
                "element counts are inconsistent: need nan_count + inf_count <= numel and zero_count + pos_count + nan_count <= numel")  # fmt: skip
         # Rows whose counts are already wrong are left out of the checks derived from them,
         # so that one defect is reported once.

@@ -185,7 +185,9 @@ def validate_trace(path: str | Path, *, tables: Iterable[str] | None = None) -> 
     out = _Collector(report.path)
     selected = set(tables) if tables is not None else None
     if _check_manifest(manifest, out):
-        world_size = manifest.get("world_size", 1) if isinstance(manifest.get("world_size", 1), int) else 1
+        ws = manifest.get("world_size", 1)
+        # An invalid world_size is reported once (above), not again for every partition.
+        world_size = ws if isinstance(ws, int) and not isinstance(ws, bool) and ws >= 1 else 1
         node_ids = _check_nodes(root, out, report, required=_has_rows_referencing_nodes(root))
         for name in PARTITIONED:
             if selected is None or name in selected:

@@ -156,7 +156,9 @@ def chunk_model(info: GraphInfo, chunk: Chunk, input_types: dict[str, Any]) -> A
         for t in inits:
             inputs.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     outputs = [ValueInfoProto(name=name) for name in chunk.outputs]
-    sub = helper.make_graph(info.nodes[chunk.start : chunk.stop], f"{graph.name or 'graph'}_{chunk.start}", inputs, outputs, initializer=inits)
+    sub = helper.make_graph(
+        info.nodes[chunk.start : chunk.stop], f"{graph.name or 'graph'}_{chunk.start}", inputs, outputs, initializer=inits
+    )
     model = helper.make_model(sub, opset_imports=list(info.model.opset_import), ir_version=info.model.ir_version)
     model.functions.extend(info.model.functions)
     return model

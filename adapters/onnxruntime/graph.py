@@ -89,7 +89,10 @@ def attribute_json(node: Any) -> str | None:
             tensors = [attr.t] if attr.HasField("t") else list(attr.tensors)
             desc = []
             for t in tensors:
-                item: dict[str, Any] = {"dtype": helper.tensor_dtype_to_np_dtype(t.data_type).name if t.data_type else None, "dims": list(t.dims)}
+                item: dict[str, Any] = {
+                    "dtype": helper.tensor_dtype_to_np_dtype(t.data_type).name if t.data_type else None,
+                    "dims": list(t.dims),
+                }
                 if _numel(t.dims) <= _SMALL_TENSOR and t.data_location != 1:
                     item["values"] = numpy_helper.to_array(t).tolist()
                 desc.append(item)
@@ -280,9 +283,14 @@ def load_graph(model: Any) -> GraphInfo:
         raise UsageError(f"model must be a path to an .onnx file or an onnx.ModelProto, got {type(model).__name__}")
     graph = proto.graph
     initializers = {t.name: t for t in graph.initializer}
+    if path is None and any(t.data_location == 1 for t in initializers.values()):
+        raise UsageError("the ModelProto's initializers refer to external data files; pass the model's path instead so they can be read")
     raw_nodes = list(graph.node)
     explicit = [[n for n in node.input if n] for node in raw_nodes]
-    outer = [sorted(set().union(*[_graph_reads(g) for g in _subgraphs(node)]) - set(explicit[i])) if _subgraphs(node) else [] for i, node in enumerate(raw_nodes)]
+    outer = [
+        sorted(set().union(*[_graph_reads(g) for g in _subgraphs(node)]) - set(explicit[i])) if _subgraphs(node) else []
+        for i, node in enumerate(raw_nodes)
+    ]
     reads = [e + o for e, o in zip(explicit, outer)]
     available = {i.name for i in graph.input} | set(initializers)
     order = _topological(raw_nodes, available, reads)

@@ -58,10 +58,14 @@ def check_feed(info: GraphInfo, feed: Mapping[str, Any], *, step: int) -> dict[s
     optional = {i.name: i for i in info.optional_inputs}
     missing = [n for n in required if n not in feed]
     if missing:
-        raise UsageError(f"step {step}: missing model input(s) {', '.join(missing)}; the model's inputs are: {', '.join(required) or '(none)'}")
+        raise UsageError(
+            f"step {step}: missing model input(s) {', '.join(missing)}; the model's inputs are: {', '.join(required) or '(none)'}"
+        )
     unknown = [n for n in feed if n not in required and n not in optional]
     if unknown:
-        raise UsageError(f"step {step}: unknown input(s) {', '.join(unknown)}; the model's inputs are: {', '.join(list(required) + list(optional))}")
+        raise UsageError(
+            f"step {step}: unknown input(s) {', '.join(unknown)}; the model's inputs are: {', '.join(list(required) + list(optional))}"
+        )
     out = {}
     for name, value in feed.items():
         arr = _to_numpy(value)

@@ -87,4 +87,6 @@ class SessionFactory:
             return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=self.providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
             where = self.info.path or "model"
-            raise UsageError(f"{where}: ONNX Runtime cannot load the model ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]})") from None
+            raise UsageError(
+                f"{where}: ONNX Runtime cannot load the model ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]})"
+            ) from None

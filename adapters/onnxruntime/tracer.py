@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from tracefmt.enums import Kind, Phase, coerce
+from tracefmt.errors import UsageError
 from tracefmt.histogram import DEFAULT_BINNING, Binning
 from tracefmt.stats import channel_stats, dtype_name, tensor_stats
 from tracefmt.writer import TraceWriter
@@ -138,7 +139,12 @@ def trace_onnx(
     writer = TraceWriter(
         path,
         mode=mode,
-        producer={"adapter": ADAPTER_NAME, "framework": "onnxruntime", "framework_version": ort.__version__, "onnx_version": onnx.__version__},
+        producer={
+            "adapter": ADAPTER_NAME,
+            "framework": "onnxruntime",
+            "framework_version": ort.__version__,
+            "onnx_version": onnx.__version__,
+        },
         model=name,
         metadata={
             "onnx_model": str(info.path) if info.path else None,
@@ -189,7 +195,12 @@ def _trace_step(run: _Run, writer: TraceWriter, feed: dict[str, Any], *, step: i
 
     for c, chunk in enumerate(run.chunks):
         sess = run.session(c)
-        values = dict(zip(chunk.outputs, sess.run(chunk.outputs, {n: live[n] for n in chunk.inputs})))
+        try:
+            values = dict(zip(chunk.outputs, sess.run(chunk.outputs, {n: live[n] for n in chunk.inputs})))
+        except Exception as exc:  # ORT raises its own Fail/InvalidArgument/RuntimeException types
+            first, last = info.names[chunk.start], info.names[chunk.stop - 1]
+            message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"step {step}: ONNX Runtime failed running nodes {first} .. {last}: {message}") from None
         for i in range(chunk.start, chunk.stop):
             if info.nodes[i].op_type in exclude:
                 continue

@@ -155,10 +155,11 @@ def _compact_partition(root: Path, table: str, rank: int, segs: list[Segment], *
     schema = tdef.schema
     opened = [open_segment(s) for s in segs]
     for s in opened:
-        if not s.readable:
+        if not s.readable and not s.recoverable:
             raise TraceFormatError(f"{s.path}: {s.problem}; not compacted (move the file away to compact the rest)")
-        schema = pa.schema(list(schema) + [f for f in s.schema if f.name not in schema.names], metadata=schema.metadata)
-    parts = [_segment_table(s, schema) for s in opened]
+        if s.readable:
+            schema = pa.schema(list(schema) + [f for f in s.schema if f.name not in schema.names], metadata=schema.metadata)
+    parts = [_segment_table(s, schema) for s in opened if s.readable]
     rows_in = sum(p.num_rows for p in parts)
     source = ds.dataset(parts) if parts else ds.dataset(schema.empty_table())
     existing = [int(p.name[5:10]) for p in rank_dir.glob("part-*.*") if p.name[5:10].isdigit()]

@@ -63,6 +63,9 @@ class Segment:
     problem: str = ""
     schema: pa.Schema | None = None
     batches: list[pa.RecordBatch] = field(default_factory=list, repr=False)
+    #: False when the file is not a (possibly cut) segment at all: bad magic, not Parquet.
+    #: A segment cut before its schema (a writer killed at once) is recoverable: no rows.
+    recoverable: bool = True
 
     @property
     def readable(self) -> bool:
@@ -110,6 +113,11 @@ def _read_stream(seg: Segment, source: pa.NativeFile) -> None:
             return
 
 
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
 def open_segment(seg: Segment, *, load: bool = False) -> Segment:
     """Open ``seg``: read its schema, decide whether it is complete, read batches if needed.
 
@@ -120,6 +128,7 @@ def open_segment(seg: Segment, *, load: bool = False) -> Segment:
     seg.batches = []
     seg.problem = ""
     seg.complete = True
+    seg.recoverable = True
     if seg.format == "parquet":
         try:
             pf = pq.ParquetFile(seg.path)
@@ -127,17 +136,20 @@ def open_segment(seg: Segment, *, load: bool = False) -> Segment:
             if load:
                 seg.batches = pf.read().to_batches()
         except (pa.ArrowInvalid, OSError) as exc:
-            seg.schema, seg.complete, seg.problem = None, False, f"unreadable Parquet ({exc})"
+            seg.schema, seg.complete, seg.problem, seg.recoverable = None, False, f"unreadable Parquet ({exc})", False
         return seg
     try:
         source = pa.memory_map(str(seg.path))
     except OSError as exc:
-        seg.schema, seg.complete, seg.problem = None, False, f"cannot open ({exc})"
+        seg.schema, seg.complete, seg.problem, seg.recoverable = None, False, f"cannot open ({exc})", False
         return seg
     if source.size() == 0:
         seg.schema, seg.complete, seg.problem = None, False, "empty file (writer died before the schema)"
         return seg
     head = source.read(len(IPC_MAGIC))
+    if len(head) < len(IPC_MAGIC) and IPC_MAGIC.startswith(head) and seg.format == "file":
+        seg.schema, seg.complete, seg.problem = None, False, "cut inside the magic bytes (writer died before the schema)"
+        return seg
     if seg.format == "file" or head == IPC_MAGIC:
         try:
             reader = ipc.open_file(source)
@@ -148,18 +160,25 @@ def open_segment(seg: Segment, *, load: bool = False) -> Segment:
         except (pa.ArrowInvalid, OSError):
             pass
         if head != IPC_MAGIC:
-            seg.schema, seg.complete, seg.problem = None, False, "not an Arrow IPC file (bad magic)"
+            seg.schema, seg.complete, seg.problem, seg.recoverable = None, False, "not an Arrow IPC file (bad magic)", False
             return seg
         # No footer: the writer did not close. The body after the 8-byte magic is a stream.
         source.seek(8)
         _read_stream(seg, source)
-        if seg.complete:
+        if seg.schema is None:
+            seg.complete = False
+            seg.problem = "cut before its schema was complete (writer died at once); no rows"
+        elif seg.complete:
             seg.complete = False
             seg.problem = f"no IPC footer (writer did not close); {len(seg.batches)} complete record batches readable"
         return seg
     source.seek(0)
     _read_stream(seg, source)
-    if seg.complete and seg.schema is not None:
+    if seg.schema is None:
+        # A stream cut inside its schema message still starts with the continuation marker.
+        seg.complete = False
+        seg.recoverable = source.size() < 8 or _EOS[:4] == _head(seg.path, 4)
+    elif seg.complete:
         source.seek(max(0, source.size() - len(_EOS)))
         if source.read(len(_EOS)) != _EOS:
             seg.complete = False

@@ -123,8 +123,10 @@ class Trace:
         rank_set = set(ranks) if ranks is not None else None
         segs = [s for s in self.segments(table) if rank_set is None or s.rank in rank_set]
         for s in segs:
-            if not s.readable:
+            if not s.readable and not s.recoverable:
                 raise TraceFormatError(f"{s.path}: {s.problem}")
+        # A segment cut before its schema (writer killed at once) holds no rows.
+        segs = [s for s in segs if s.readable]
         schema = tdef.schema
         for s in segs:
             schema = _extended(schema, s.schema)
@@ -278,6 +280,8 @@ class Trace:
         expr = self.filter_expression(**filters)
         for seg in self.segments("tensors"):
             if not seg.readable:
+                if seg.recoverable:
+                    continue
                 raise TraceFormatError(f"{seg.path}: {seg.problem}")
             table = _load(seg)
             if expr is not None:

@@ -366,7 +366,7 @@ def _check_segment_readable(seg: Segment, out: _Collector) -> bool:
     if seg.schema is not None:
         out.add(Severity.WARNING, "truncated-segment", f"truncated segment: {seg.problem}", table=seg.table, file=seg.path)
         return True
-    if seg.problem.startswith("empty file"):
+    if seg.recoverable:
         out.add(Severity.WARNING, "truncated-segment", f"truncated segment: {seg.problem}", table=seg.table, file=seg.path)
     else:
         out.add(Severity.ERROR, "unreadable", f"unreadable segment: {seg.problem}", table=seg.table, file=seg.path)

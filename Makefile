@@ -3,8 +3,10 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.installed
-# CPU build on disk; a looser pin would download a multi-GB CUDA build.
+# CPU build on disk; a looser pin would download a multi-GB CUDA build. Where no CPU
+# wheel is available locally, set TORCH_INDEX=https://download.pytorch.org/whl/cpu.
 TORCH   := torch==2.13.0
+TORCH_INDEX ?=
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps demo test lint bench clean
@@ -17,7 +19,7 @@ system-deps:
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q $(TORCH)
+	$(PIP) install -q $(TORCH) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PIP) install -q -e '.[all,dev]'
 	@touch $@
 

@@ -193,3 +193,16 @@ def test_scan_of_many_segments_matches_numpy(tmp_path):
     means = t.read(nodes=[2], kinds="activation", columns=["step", "mean"]).sort_by("step")
     assert means.column("step").to_pylist() == list(range(12))
     assert np.all(np.asarray(means.column("mean")) >= 0)  # relu outputs
+
+
+def test_docs_format_python_examples_run(capsys):
+    """The Python examples of docs/format.md run as written."""
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "format.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(doc), "exec"), {})  # noqa: S102 - executing our own documentation
+    assert "[(1, 2, 'h')]" in capsys.readouterr().out

@@ -54,9 +54,16 @@ def _feeds(args: argparse.Namespace, info: Any) -> list[dict[str, Any]]:
         if not sep or not name or not path:
             raise UsageError(f"--input {item!r}: expected NAME=FILE")
         given.setdefault(name, []).append(read_array(path))
+    known = [vi.name for vi in list(info.required_inputs) + list(info.optional_inputs)]
+    unknown = [name for name in given if name not in known]
+    if unknown:
+        raise UsageError(f"unknown input(s) {', '.join(unknown)}; the model's inputs are: {', '.join(known) or '(none)'}")
     counts = {len(v) for v in given.values()}
     if len(counts) > 1:
-        raise UsageError("--input: every input needs the same number of values (one per step); got " + ", ".join(f"{k}: {len(v)}" for k, v in given.items()))
+        raise UsageError(
+            "--input: every input needs the same number of values (one per step); got "
+            + ", ".join(f"{k}: {len(v)}" for k, v in given.items())
+        )
     steps = counts.pop() if counts else 1
     missing = [vi.name for vi in info.required_inputs if vi.name not in given]
     if missing and not args.random:

@@ -99,10 +99,12 @@ def nodes_table(nodes: int) -> list[dict]:
                  inputs=[f"t{i}"], outputs=[f"t{i + 1}"], param_count=4096) for i in range(nodes)]  # fmt: skip
 
 
-def best_of(fn, repeat: int) -> tuple[float, float]:
+def best_of(fn, repeat: int, *, before=None) -> tuple[float, float]:
     """Best (wall seconds, CPU seconds) of ``repeat`` runs (CPU time is robust to a busy machine)."""
     walls, cpus = [], []
     for _ in range(repeat):
+        if before is not None:
+            before()  # not timed
         w0, c0 = time.perf_counter(), time.process_time()
         fn()
         walls.append(time.perf_counter() - w0)
@@ -133,7 +135,7 @@ def main() -> None:
         trace_dir = work / "run.trace"
 
         def write_tracefmt() -> None:
-            with tracefmt.TraceWriter(trace_dir, mode="overwrite", flush_interval=0) as w:
+            with tracefmt.TraceWriter(trace_dir, flush_interval=0) as w:
                 w.write_nodes(nodes_table(200))
                 for c in chunks:
                     w.write_records(c)
@@ -152,12 +154,14 @@ def main() -> None:
                 if pending:
                     w.write_table(pa.concat_tables(pending).combine_chunks())
 
-        t_raw = best_of(write_raw, args.repeat)
-        t_w = best_of(write_tracefmt, args.repeat)
+        t_raw = best_of(write_raw, args.repeat, before=lambda: (work / "raw.arrow").unlink(missing_ok=True))
+        t_w = best_of(write_tracefmt, args.repeat, before=lambda: shutil.rmtree(trace_dir, ignore_errors=True))
         print("records/s (best of runs; cpu = records per CPU-second of this process)")
         w_rate = line("write   tracefmt.TraceWriter", n, t_w, f"{mib / t_w[1]:,.0f} MiB/cpu-s")
         line("write   baseline pyarrow.ipc", n, t_raw, f"ratio tracefmt/baseline = {t_raw[1] / t_w[1]:.2f}")
-        print(f"        target >= {WRITE_TARGET:,} records/s: {'met' if w_rate >= WRITE_TARGET else 'NOT met'}")
+        wall = n / t_w[0]
+        print(f"        target >= {WRITE_TARGET:,} records/s: {'met' if w_rate >= WRITE_TARGET else 'NOT met'} per CPU-second; "
+              f"{'met' if wall >= WRITE_TARGET else 'NOT met'} by wall clock ({wall:,.0f}/s on this machine now)")  # fmt: skip
 
         steps = int(records.column("step")[-1].as_py())
         filt = dict(nodes=[17], kinds=["activation"], steps=(steps // 4, 3 * steps // 4))
@@ -186,8 +190,8 @@ def main() -> None:
         t_s2, t_r2 = best_of(scan_tracefmt, args.repeat), best_of(scan_raw, args.repeat)
         s_pq = line("scan    Trace.scan (Parquet)", n, t_s2)
         line("scan    baseline pyarrow (Parquet)", n, t_r2, f"ratio tracefmt/baseline = {t_r2[1] / t_s2[1]:.2f}")
-        print(f"        target >= {SCAN_TARGET:,} records/s: {'met' if s_ipc >= SCAN_TARGET else 'NOT met'} on IPC segments, "
-              f"{'met' if s_pq >= SCAN_TARGET else 'NOT met'} after compaction")  # fmt: skip
+        print(f"        target >= {SCAN_TARGET:,} records/s per CPU-second: {'met' if s_ipc >= SCAN_TARGET else 'NOT met'} on IPC segments, "
+              f"{'met' if s_pq >= SCAN_TARGET else 'NOT met'} after compaction; by wall clock {n / t_s[0]:,.0f}/s and {n / t_s2[0]:,.0f}/s")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -26,7 +26,7 @@ from .base import Analyzer, AnalyzerResult, Needs, Param
 from .scan import node_table, profile, training_phases
 from .series import BucketHistograms, LayerSeries, StepGrid, collect_series, column_f64, histogram_blocks
 
-__all__ = ["ActivationsAnalyzer", "BOUNDED_OPS", "saturated_fraction_bound"]
+__all__ = ["ActivationsAnalyzer", "BOUNDED_OPS", "saturation_rms", "saturated_fraction_bound"]
 
 #: Activation functions with a bounded output: op_type (lower case) -> (low, high).
 BOUNDED_OPS = {
@@ -43,20 +43,26 @@ def _bounds(op_type: str) -> tuple[float, float] | None:
     return BOUNDED_OPS.get((op_type or "").lower())
 
 
-def saturated_fraction_bound(mean: np.ndarray, std: np.ndarray, lo: float, hi: float, level: float) -> np.ndarray:
-    """A lower bound on the fraction of outputs with ``|z| >= level``, from mean and std alone.
+def saturation_rms(mean: np.ndarray, std: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Root mean square of the output rescaled from ``[lo, hi]`` to ``z`` in ``[-1, 1]``.
 
-    With ``z`` the output rescaled from ``[lo, hi]`` to ``[-1, 1]`` and ``m2 = E[z^2]``
-    (from the mean and standard deviation), Markov's inequality applied to ``1 - z^2 >= 0``
-    gives ``P(|z| < level) <= (1 - m2) / (1 - level^2)``, hence
-    ``P(|z| >= level) >= 1 - (1 - m2) / (1 - level^2)``.
+    ``E[z^2] = ((mean - mid) / half)^2 + (std / half)^2`` with ``mid``, ``half`` the centre
+    and half-width of the range: 0 when every output sits at the centre (the linear
+    regime), 1 when every output sits on a bound (the flat, saturated regime).
     """
     half = (hi - lo) / 2.0
     mid = (hi + lo) / 2.0
-    mz = (mean - mid) / half
-    sz = std / half
-    m2 = np.clip(sz**2 + mz**2, 0.0, 1.0)
-    return np.clip(1.0 - (1.0 - m2) / (1.0 - level**2), 0.0, 1.0)
+    m2 = ((mean - mid) / half) ** 2 + (std / half) ** 2
+    return np.sqrt(np.clip(m2, 0.0, 1.0))
+
+
+def saturated_fraction_bound(rms: float, level: float) -> float:
+    """Lower bound on the fraction of outputs with ``|z| >= level`` given their RMS (Markov).
+
+    Markov's inequality applied to ``1 - z^2 >= 0``: ``P(|z| < level) <= (1 - rms^2) /
+    (1 - level^2)``.
+    """
+    return float(max(0.0, 1.0 - (1.0 - rms**2) / (1.0 - level**2)))
 
 
 class ActivationsAnalyzer(Analyzer):
@@ -66,8 +72,7 @@ class ActivationsAnalyzer(Analyzer):
     description = "Per-layer activation mean/std over steps (telemetry), the colorful dimension (stacked histograms), saturation of tanh/sigmoid outputs, and fast.ai's early 'rising crash'."
     needs = Needs(tables=("records",), kinds=("activation",))
     params = (
-        Param("saturation_level", 0.9, "|output| rescaled to [-1, 1] at or above this counts as saturated"),
-        Param("saturation_fraction", 0.5, "a bounded layer with at least this fraction of saturated outputs over the window is saturated"),
+        Param("saturation_rms", 0.9, "a bounded layer whose output, rescaled to [-1, 1], has a root mean square at least this over the window is saturated"),
         Param("window", 0.25, "fraction of the last training steps over which saturation is judged"),
         Param("early", 0.25, "fraction of the first training steps searched for a rising crash"),
         Param("crash_rise", 5.0, "rising crash: std grows to at least this multiple of its initial value ..."),
@@ -91,14 +96,19 @@ class ActivationsAnalyzer(Analyzer):
         hists = BucketHistograms(hgrid)
 
         def metrics(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
-            return {"mean": column_f64(batch, "mean"), "std": column_f64(batch, "std")}
+            out = {"mean": column_f64(batch, "mean"), "std": column_f64(batch, "std")}
+            # Statistics of tensors holding NaN/Inf describe the damage (see gradients' NaN origin).
+            broken = (batch.column("nan_count").to_numpy() > 0) | (batch.column("inf_count").to_numpy() > 0)
+            if broken.any():
+                out = {k: np.where(broken, np.nan, v) for k, v in out.items()}
+            return out
 
         def on_batch(batch: pa.RecordBatch, sid: np.ndarray) -> None:
             steps = batch.column("step").to_numpy()
             for block in histogram_blocks(batch):
                 hists.add(sid, steps, block)
 
-        cols = ["mean", "std", "hist_scheme", "hist_lo", "hist_hi", "hist_counts"]
+        cols = ["mean", "std", "nan_count", "inf_count", "hist_scheme", "hist_lo", "hist_hi", "hist_counts"]
         series = collect_series(trace, grid=grid, columns=cols, metrics=metrics, on_batch=on_batch, kinds=["activation"], phases=phases)
         mean, std = series.mean("mean"), series.mean("std")
         labels = [_label(nodes, k) for k in series.keys]
@@ -124,7 +134,6 @@ def _label(nodes: dict[str, np.ndarray], key: tuple) -> str:
 def _saturation(series: LayerSeries, mean: np.ndarray, std: np.ndarray, nodes: dict, params: dict, result: AnalyzerResult) -> list[Finding]:
     grid = series.grid
     w0 = min(grid.size - 1, int(np.floor(grid.size * (1.0 - float(params["window"])))))
-    level = float(params["saturation_level"])
     out = []
     sat_data = {}
     for i, key in enumerate(series.keys):
@@ -132,19 +141,20 @@ def _saturation(series: LayerSeries, mean: np.ndarray, std: np.ndarray, nodes: d
         b = _bounds(str(nodes["op_type"][nid]) if nid < len(nodes["op_type"]) else "")
         if b is None:
             continue
-        frac = saturated_fraction_bound(mean[i], std[i], b[0], b[1], level)
-        frac = np.where(np.isfinite(mean[i]) & np.isfinite(std[i]), frac, np.nan)
-        sat_data[_label(nodes, key)] = frac.tolist()
-        win = frac[w0:]
+        rms = saturation_rms(mean[i], std[i], b[0], b[1])
+        rms = np.where(np.isfinite(mean[i]) & np.isfinite(std[i]), rms, np.nan)
+        sat_data[_label(nodes, key)] = rms.tolist()
+        win = rms[w0:]
         if not np.isfinite(win).any():
             continue
         value = float(np.nanmean(win))
-        if value >= params["saturation_fraction"]:
+        if value >= params["saturation_rms"]:
             name = _name(nodes, nid)
+            share = saturated_fraction_bound(value, 0.8)
             out.append(Finding(
                 "activations", "saturated", "warning",
-                f"'{name}' ({nodes['op_type'][nid]}) is saturated: at least {value:.0%} of its outputs lie within {1 - level:.0%} of its bounds over the last steps, where its gradient vanishes.",
-                node_id=nid, node=name, step_first=int(grid.start(w0)), step_last=grid.last, metric="saturated_fraction_lower_bound", value=value, threshold=params["saturation_fraction"],
+                f"'{name}' ({nodes['op_type'][nid]}) is saturated: its outputs sit at {value:.0%} of its bounds (RMS) over the last steps, so at least {share:.0%} lie beyond 80% of the range, where its gradient vanishes.",
+                node_id=nid, node=name, step_first=int(grid.start(w0)), step_last=grid.last, metric="saturation_rms", value=value, threshold=params["saturation_rms"],
             ))  # fmt: skip
     result.data["saturation"] = sat_data
     return out

@@ -10,6 +10,7 @@ Sources:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,7 @@ class DeadAnalyzer(Analyzer):
         Param("error_threshold", 0.99, "near-zero fraction at which a dead layer is an error"),
         Param("near_zero", 1e-3, "|x| below this counts as near zero (resolved to histogram bin edges; exact zeros without histograms)"),
         Param("window", 0.25, "fraction of the last training steps a layer must stay dead"),
-        Param("unit_fraction", 0.25, "dead units of a rectifier layer at or above this fraction are a warning (fewer are info)"),
+        Param("unit_fraction", 0.5, "dead units of a rectifier layer at or above this fraction are a warning (fewer are info)"),
         Param("constant_rtol", 1e-6, "relative spread of mean/std/L2 over the window below which an output never changes"),
         Param("max_buckets", 512, "step buckets kept per series (bounds memory on long runs)"),
     )
@@ -94,7 +95,13 @@ class DeadAnalyzer(Analyzer):
                     with np.errstate(invalid="ignore", divide="ignore"):
                         near[block.rows] = block.counts[:, mask].sum(axis=1) / np.where(n[block.rows] > 0, n[block.rows], np.nan)
             dead = np.where(np.isnan(near), zero, np.fmax(near, zero))
-            return {"dead": dead, "zero": zero, "mean": column_f64(batch, "mean"), "std": column_f64(batch, "std"), "l2": column_f64(batch, "l2"), "max": column_f64(batch, "max")}
+            out = {"dead": dead, "zero": zero, "mean": column_f64(batch, "mean"), "std": column_f64(batch, "std"), "l2": column_f64(batch, "l2"), "max": column_f64(batch, "max")}
+            # Once NaN/Inf appear the statistics describe the damage, not the layer: the
+            # gradients analyzer reports the NaN origin, this one judges finite outputs only.
+            broken = n < numel
+            if broken.any():
+                out = {k: np.where(broken, np.nan, v) for k, v in out.items()}
+            return out
 
         def units(batch: pa.RecordBatch, sid: np.ndarray) -> None:
             col = batch.column("channel_pos_frac")
@@ -123,8 +130,11 @@ class DeadAnalyzer(Analyzer):
         result.data["steps"] = grid.starts.tolist()
         result.data["window_start"] = window_start
         dead_nodes = _dead_layers(series, frac, w0, nodes, trace, params, result)
-        result.findings += _dead_units(unit_max, series, w0, nodes, dead_nodes, params, window_start, grid)
-        result.findings += _constant_outputs(series, w0, nodes, dead_nodes, params, window_start)
+        result.data["dead_units"] = {_name(nodes, n): np.flatnonzero(m <= 0).tolist() for n, m in sorted(unit_max.items())}
+        later = _downstream_note(dead_nodes, nodes)
+        result.findings = [replace(f, message=f"{f.message[:-1]}{later(f.node_id)}.") if f.code == "dead-layer" and later(f.node_id) else f for f in result.findings]
+        result.findings += _dead_units(unit_max, series, w0, nodes, dead_nodes, params, window_start, grid, later)
+        result.findings += _constant_outputs(series, w0, nodes, dead_nodes, params, window_start, later)
         result.figures["dead_fraction"] = lambda: _plot_fraction(series, frac, nodes, params)
         if unit_max:
             result.figures["dead_units"] = lambda: _plot_units(unit_max, nodes)
@@ -178,7 +188,7 @@ def _dead_layers(series: LayerSeries, frac: np.ndarray, w0: int, nodes: dict, tr
                 cause = f" Its input from '{up_name}' is negative everywhere (max {up_max:.3g})."
                 result.findings.append(Finding(
                     "dead", "negative-preactivation", "warning",
-                    f"Every output of '{up_name}' is negative over the last steps (max {up_max:.3g}), so '{name}' after it outputs zero: a bias or initialisation pushed it below zero.",
+                    f"Every output of '{up_name}' is negative over the last steps (max {up_max:.3g}), so '{name}' after it outputs zero: a large negative bias, a bad initialisation or an oversized update pushed it below zero.",
                     node_id=up, node=up_name, step_first=int(grid.start(start)), step_last=grid.last, metric="max", value=up_max, threshold=0.0,
                 ))  # fmt: skip
         sev = "error" if level >= params["error_threshold"] else "warning"
@@ -191,31 +201,47 @@ def _dead_layers(series: LayerSeries, frac: np.ndarray, w0: int, nodes: dict, tr
     return dead
 
 
-def _dead_units(unit_max: dict, series: LayerSeries, w0: int, nodes: dict, dead_nodes: set[int], params: dict, window_start: int, grid: StepGrid) -> list[Finding]:
-    zero = series.mean("zero")
-    has_zeros = {k[0] for i, k in enumerate(series.keys) if np.nanmax(np.nan_to_num(zero[i, w0:], nan=0.0), initial=0.0) > 0}
+def _downstream_note(dead_nodes: set[int], nodes: dict) -> Any:
+    """Node -> ' (downstream of dead layer X)' for nodes executed after a dead layer, else ''."""
+    order = nodes["order"]
+    firsts = sorted((int(order[n]), n) for n in dead_nodes if n < len(order) and order[n] >= 0)
+
+    def note(nid: int) -> str:
+        mine = order[nid] if nid < len(order) else -1
+        for o, n in firsts:
+            if 0 <= o < mine:
+                return f" (downstream of the dead layer '{_name(nodes, n)}')"
+        return ""
+
+    return note
+
+
+def _dead_units(unit_max: dict, series: LayerSeries, w0: int, nodes: dict, dead_nodes: set[int], params: dict, window_start: int, grid: StepGrid, later: Any) -> list[Finding]:
     out = []
     for nid, m in sorted(unit_max.items()):
         if nid in dead_nodes:
             continue
         op = str(nodes["op_type"][nid]) if nid < len(nodes["op_type"]) else ""
-        if not (is_rectifier(op) or nid in has_zeros):
+        if not is_rectifier(op):
+            # A channel that is never positive is only "dead" behind a rectifier; elsewhere
+            # (a Linear output, the input data) it is just a sign.
             continue
         n_dead = int((m <= 0).sum())
         if not n_dead:
             continue
         share = n_dead / len(m)
         name = _name(nodes, nid)
-        sev = "warning" if share >= params["unit_fraction"] else "info"
+        cause = later(nid)
+        sev = "warning" if share >= params["unit_fraction"] and not cause else "info"
         out.append(Finding(
             "dead", "dead-units", sev,
-            f"{n_dead} of {len(m)} units of '{name}' never output a positive value over the last steps (from step {window_start}).",
+            f"{n_dead} of {len(m)} units of '{name}' never output a positive value over the last steps (from step {window_start}){cause}.",
             node_id=nid, node=name, step_first=window_start, step_last=grid.last, metric="dead_unit_fraction", value=share, threshold=params["unit_fraction"],
         ))  # fmt: skip
     return out
 
 
-def _constant_outputs(series: LayerSeries, w0: int, nodes: dict, dead_nodes: set[int], params: dict, window_start: int) -> list[Finding]:
+def _constant_outputs(series: LayerSeries, w0: int, nodes: dict, dead_nodes: set[int], params: dict, window_start: int, later: Any) -> list[Finding]:
     out = []
     rtol = float(params["constant_rtol"])
     count = series.stats.count["mean"][: len(series.keys), w0:]
@@ -240,9 +266,10 @@ def _constant_outputs(series: LayerSeries, w0: int, nodes: dict, dead_nodes: set
         reported.add(nid)
         name = _name(nodes, nid)
         learns = nid < len(nodes["param_count"]) and nodes["param_count"][nid] > 0
+        cause = later(nid)
         out.append(Finding(
-            "dead", "constant-output", "warning" if learns else "info",
-            f"The output of '{name}' never changes over the last steps (mean {spans['mean'][0][i]:.4g}, std {spans['std'][0][i]:.4g}): it ignores its input{' and its parameters do not learn' if learns else ''}.",
+            "dead", "constant-output", "warning" if learns and not cause else "info",
+            f"The output of '{name}' never changes over the last steps (mean {spans['mean'][0][i]:.4g}, std {spans['std'][0][i]:.4g}): it ignores its input{' and its parameters do not learn' if learns else ''}{cause}.",
             node_id=nid, node=name, step_first=window_start, step_last=series.grid.last, metric="relative_spread", value=0.0, threshold=rtol,
         ))  # fmt: skip
     return out

@@ -83,7 +83,9 @@ class GradientsAnalyzer(Analyzer):
         result.findings += _growth_findings(series, nodes, params)
         ratios = _update_ratios(series)
         result.data["update_ratio"] = {f"{nodes['name'][n]}.{s}": float(np.nanmedian(r)) if np.isfinite(r).any() else None for (n, s), (r, _) in ratios.items()}
-        result.findings += _ratio_findings(ratios, nodes, params, grid)
+        peak = series.extreme("rms", "max") if series.keys else None
+        grads = {(n, sl): float(np.nanmax(peak[i])) for i, (n, k, sl) in enumerate(series.keys) if k == "weight_grad" and np.isfinite(peak[i]).any()}
+        result.findings += _ratio_findings(ratios, nodes, params, grid, grads)
         result.data["steps"] = grid.starts.tolist()
         result.figures["gradient_rms"] = lambda: _plot_rms(series, nodes)
         result.figures["depth"] = lambda: _plot_depth(depth)
@@ -220,7 +222,11 @@ def _update_ratios(series: LayerSeries) -> dict[tuple[int, str], tuple[np.ndarra
         for key, wi in weights.items():
             w = l2[wi]
             if key in updates:
-                out[key] = (np.where(w > 0, l2[updates[key]] / w, np.nan), True)
+                # Weight records are taken after the optimizer step, so the weight the update
+                # at step t was applied to is the record of the step before (CS231n divides
+                # the update by the parameter scale before the update).
+                before = _previous_value(w)
+                out[key] = (np.where(before > 0, l2[updates[key]] / before, np.nan), True)
             elif series.grid.width == 1 and np.isfinite(w).sum() >= 2:
                 # | |W_t| - |W_t-1| | <= |W_t - W_t-1| (triangle inequality): a lower bound.
                 r = np.full_like(w, np.nan)
@@ -229,7 +235,16 @@ def _update_ratios(series: LayerSeries) -> dict[tuple[int, str], tuple[np.ndarra
     return out
 
 
-def _ratio_findings(ratios: dict, nodes: dict[str, np.ndarray], params: dict[str, Any], grid: StepGrid) -> list[Finding]:
+def _previous_value(w: np.ndarray) -> np.ndarray:
+    """For each bucket, the value of the closest earlier non-empty bucket (NaN if none)."""
+    idx = np.where(np.isfinite(w), np.arange(len(w)), -1)
+    last = np.maximum.accumulate(idx)
+    prev = np.full(len(w), -1)
+    prev[1:] = last[:-1]
+    return np.where(prev >= 0, w[np.maximum(prev, 0)], np.nan)
+
+
+def _ratio_findings(ratios: dict, nodes: dict[str, np.ndarray], params: dict[str, Any], grid: StepGrid, grads: dict[tuple[int, str], float]) -> list[Finding]:
     out = []
     for (nid, slot), (r, exact) in ratios.items():
         fin = r[np.isfinite(r)]
@@ -245,6 +260,8 @@ def _ratio_findings(ratios: dict, nodes: dict[str, np.ndarray], params: dict[str
             out.append(Finding("gradients", "update-too-large", "warning", f"Updates of '{name}.{slot}' are {med:.3g} x its norm (median{'' if exact else ', lower bound'}): each step replaces the weight; the learning rate is far too high (about 1e-3 is typical).", threshold=params["update_ratio_ceiling"], **where))
         elif med > params["update_ratio_high"]:
             out.append(Finding("gradients", "update-large", "info", f"Updates of '{name}.{slot}' are {med:.3g} x its norm (median{'' if exact else ', lower bound'}); about 1e-3 is typical, the learning rate may be high.", threshold=params["update_ratio_high"], **where))
+        elif exact and med == 0.0 and grads.get((nid, slot), 0.0) > 0:
+            out.append(Finding("gradients", "update-too-small", "warning", f"'{name}.{slot}' never changes although its gradient is non-zero: every update is lost to float32 rounding (learning rate far too small, or zero).", threshold=params["update_ratio_floor"], **where))
         elif exact and med == 0.0:
             out.append(Finding("gradients", "frozen", "info", f"'{name}.{slot}' never changes (update norm 0): frozen, not in the optimizer, or it receives no gradient.", threshold=0.0, **where))
         elif exact and med < params["update_ratio_floor"]:

@@ -64,7 +64,8 @@ class LossAnalyzer(Analyzer):
         Param("plateau_fraction", 0.2, "a plateau lasts at least this fraction of the run ..."),
         Param("plateau_rel", 0.01, "... with a relative improvement below this"),
         Param("noise_cv", 0.5, "scaled MAD of the residual around the smoothed curve, relative to its level, above which the loss is noisy (info)"),
-        Param("gap_ratio", 2.0, "validation loss at least this multiple of the training loss is a generalisation gap ..."),
+        Param("gap_ratio", 2.0, "validation loss at least this multiple of the training loss is a generalisation gap (info) ..."),
+        Param("gap_ratio_warn", 10.0, "... and at least this multiple, a memorised training set (warning)"),
         Param("gap_min", 0.1, "... if the difference is at least this fraction of the initial training loss"),
         Param("val_rise", 0.1, "validation loss this fraction above its minimum while training loss falls is overfitting"),
     )
@@ -264,10 +265,11 @@ def _gap(steps: np.ndarray, y: np.ndarray, val_steps: np.ndarray, val: np.ndarra
     t_last = train_at(int(vs[-1]))
     v_last = float(vv[-1])
     if t_last > 0 and v_last >= params["gap_ratio"] * t_last and v_last - t_last >= params["gap_min"] * init:
+        severe = v_last >= params["gap_ratio_warn"] * t_last
         out.append(Finding(
-            "loss", "train-val-gap", "warning",
+            "loss", "train-val-gap", "warning" if severe else "info",
             f"Validation loss {v_last:.4g} is {v_last / t_last:.3g} x the training loss {t_last:.4g} at step {int(vs[-1])}: the model fits its training set far better than unseen data.",
-            step_first=int(vs[0]), step_last=int(vs[-1]), metric="val_to_train_loss", value=v_last / t_last, threshold=params["gap_ratio"],
+            step_first=int(vs[0]), step_last=int(vs[-1]), metric="val_to_train_loss", value=v_last / t_last, threshold=params["gap_ratio_warn" if severe else "gap_ratio"],
         ))  # fmt: skip
     best = int(np.argmin(vv))
     if best < len(vv) - 1 and v_last >= (1 + params["val_rise"]) * vv[best] and t_last < train_at(int(vs[best])):

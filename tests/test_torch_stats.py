@@ -42,10 +42,13 @@ def _tensors() -> list[torch.Tensor]:
     ]
 
 
+@pytest.mark.parametrize("native", [None, False], ids=["native", "torch"])
 @pytest.mark.parametrize("binning", [DEFAULT_BINNING, FASTAI_BINNING, Binning("linear", -2.0, 2.0, 7), Binning("symlog", 1e-3, 1e3, 25), None])
-def test_rows_equal_reference(binning):
+def test_rows_equal_reference(binning, native):
     xs = _tensors()
-    kernel = StatKernel(binning)
+    kernel = StatKernel(binning, native=native)
+    if native is None and binning is not None and binning.scheme == "symlog":
+        assert kernel.uses_native  # a C compiler is part of the test environment
     rows = torch.stack([kernel.row(x) for x in xs]).numpy()
     cols = kernel.decode(rows, np.array([x.numel() for x in xs]))
     for i, x in enumerate(xs):
@@ -62,6 +65,17 @@ def test_rows_equal_reference(binning):
                 assert cols[c][i] == pytest.approx(ref[c], rel=2e-6, abs=scale), (i, c)
         if binning is not None:
             assert cols["hist_counts"][i].tolist() == ref["hist_counts"], i
+
+
+def test_native_kernel_on_every_float32_bucket():
+    # Every 16-bit bucket of float32 (both ends and the middle), NaN payloads included.
+    keys = np.arange(1 << 16, dtype=np.uint32) << 16
+    bits = np.concatenate([keys, keys | 0x7FFF, keys | 0xFFFF])
+    x = torch.from_numpy(bits.view(np.float32).copy())
+    for binning in (DEFAULT_BINNING, Binning("symlog", 1e-3, 1e3, 25)):
+        native, ref = StatKernel(binning), StatKernel(binning, native=False)
+        assert native.uses_native
+        assert torch.equal(native.row(x)[: native.counts], ref.row(x)[: ref.counts])
 
 
 def test_extras_equal_reference():

@@ -49,11 +49,16 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 class StatKernel:
     """Compute and decode statistic rows for one binning (or none).
 
+    Float32 tensors on the CPU with a symlog binning go through the C kernel of
+    :mod:`tracefmt.adapters.torch.native` when it is available (one pass, no launches);
+    everything else through a few torch operations on the tensor's device.
+
     Args:
         binning: The histogram binning, or None for statistics only.
+        native: Use the C kernel for CPU tensors: None (when available), or False.
     """
 
-    def __init__(self, binning: Binning | None) -> None:
+    def __init__(self, binning: Binning | None, *, native: bool | None = None) -> None:
         self.binning = binning
         self.symlog = binning is not None and binning.scheme is HistScheme.SYMLOG
         if self.symlog:
@@ -64,6 +69,19 @@ class StatKernel:
         #: Length of one row.
         self.width = self.counts + MOMENTS
         self._boundaries: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._native = None
+        self._tables = None
+        if self.symlog and native is not False:
+            from .native import native_kernel, symlog_tables
+
+            lib, tables = native_kernel(), symlog_tables(binning)
+            if lib is not None and tables is not None:
+                self._native, self._tables = lib.tracefmt_stats_f32, tables
+
+    @property
+    def uses_native(self) -> bool:
+        """True when CPU float32 tensors use the C kernel."""
+        return self._native is not None
 
     # -- device side ------------------------------------------------------------------
     def _bounds(self, f: torch.Tensor) -> torch.Tensor:
@@ -82,6 +100,8 @@ class StatKernel:
             row = torch.zeros(self.width, dtype=torch.float64, device=f.device)
             row[-2:] = float("nan")
             return row
+        if self._native is not None and f.device.type == "cpu" and f.dtype == torch.float32:
+            return self._native_row(f)
         fin = torch.isfinite(f)
         if self.symlog:
             idx = torch.bucketize(f, self._bounds(f), out_int32=True, right=False)
@@ -101,6 +121,14 @@ class StatKernel:
             ]
         )
         return torch.cat([counts.to(torch.float64), moments])
+
+    def _native_row(self, f: torch.Tensor) -> torch.Tensor:
+        f = f.contiguous()
+        row = torch.empty(self.width, dtype=torch.float64)
+        t = self._tables
+        p = row.data_ptr()
+        self._native(f.data_ptr(), f.numel(), t.first.ctypes.data, t.bound.ctypes.data, t.nbins, t.nan_bin, p, p + 8 * self.counts)
+        return row
 
     def _linear_counts(self, f: torch.Tensor, fin: torch.Tensor) -> torch.Tensor:
         basic = torch.stack([torch.isnan(f).sum(), torch.isinf(f).sum(), (f == 0).sum(), (f > 0).sum()])

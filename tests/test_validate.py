@@ -195,3 +195,9 @@ def test_large_trace_is_validated_batch_by_batch(tmp_path):
     assert report.rows_checked["records"] == 1200
     p = _problem(report, "bad-enum")
     assert p.file == f"records/rank=0/{last.name}" and p.row == table.num_rows - 1
+
+
+def test_duplicate_keys_within_a_segment(tiny_trace):
+    _rewrite_records(tiny_trace, lambda rows: rows.__setitem__(5, dict(rows[0])))
+    p = _problem(tracefmt.validate(tiny_trace), "duplicate-key")
+    assert p.table == "records" and p.column.startswith("step,phase,rank,node_id") and "1 rows repeat the key" in p.message

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from ._batch_checks import Issue, check_batch, check_schema
@@ -350,13 +351,38 @@ def _check_partitioned(root: Path, name: str, out: _Collector, report: Validatio
             out.add_issue(issue, table=name, file=seg.path, row_offset=0)
         context = {"node_ids": node_ids, "rank": seg.rank}
         offset = 0
+        keys: list[pa.RecordBatch] = []
+        key_cols = list(tdef.key) if tdef.key and all(c in seg.schema.names for c in tdef.key) else []
         for batch in iter_batches(seg):
             for issue in check_batch(tdef, batch, context=context):
                 out.add_issue(issue, table=name, file=seg.path, row_offset=offset)
+            if key_cols:
+                keys.append(batch.select(key_cols))
             offset += batch.num_rows
         rows += offset
+        if keys:
+            _check_duplicate_keys(pa.Table.from_batches(keys), key_cols, out, name, seg.path)
     if rows or table_dir.is_dir():
         report.rows_checked[name] = rows
+
+
+def _check_duplicate_keys(keys: pa.Table, key_cols: list[str], out: _Collector, table: str, path: Path) -> None:
+    """Rows of one segment that share their key (spec 3.2: a key identifies a row).
+
+    Only the key columns of one segment are held, so memory stays bounded by the segment size.
+    """
+    if keys.num_rows < 2:
+        return
+    try:
+        counts = keys.group_by(key_cols).aggregate([([], "count_all")])
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return  # key columns of the wrong type are reported by the schema check
+    dup = counts.filter(pc.greater(counts.column("count_all"), 1))
+    if dup.num_rows:
+        first = dup.slice(0, 1).drop_columns(["count_all"]).to_pylist()[0]
+        extra = int(pc.sum(dup.column("count_all")).as_py()) - dup.num_rows
+        out.add(Severity.ERROR, "duplicate-key", f"{extra} rows repeat the key of another row, e.g. {first}",
+                table=table, column=",".join(key_cols), file=path, rows=extra)  # fmt: skip
 
 
 def _check_segment_readable(seg: Segment, out: _Collector) -> bool:

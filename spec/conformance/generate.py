@@ -294,6 +294,9 @@ def generate() -> None:
     case("invalid_stat_without_elements", "invalid", "an empty tensor has a mean (must be null)",
          codes=["stat-without-elements"], mentions=["mean"],
          build=lambda p: write_trace(p, **base(records=mutate_records(lambda r: r[4].update(mean=0.0)))))  # fmt: skip
+    case("invalid_duplicate_record_key", "invalid", "two records share (step, phase, rank, node_id, kind, slot, call)",
+         codes=["duplicate-key"], mentions=["repeat the key"],
+         build=lambda p: write_trace(p, **base(records=mutate_records(lambda r: r[5].update(step=0)))))  # fmt: skip
     case("invalid_rank_mismatch", "invalid", "a row in partition rank=0 says rank 1",
          codes=["bad-rank"], mentions=["rank"],
          build=lambda p: write_trace(p, **base(records=mutate_records(lambda r: r[0].update(rank=1)))))  # fmt: skip

@@ -46,14 +46,22 @@ __all__ = [
 
 
 def validate(path, **kwargs):  # type: ignore[no-untyped-def]
-    """Check a trace against the spec; see :func:`tracefmt.validate.validate_trace`."""
+    """Check a trace against the spec and return a report of every problem.
+
+    See :func:`tracefmt.validation.validate_trace`: the returned
+    :class:`~tracefmt.validation.ValidationReport` has ``valid``, ``errors``, ``warnings``
+    and ``problems`` (each with severity, code, file, table, column and row).
+    """
     from .validation import validate_trace
 
     return validate_trace(path, **kwargs)
 
 
 def compact(path, **kwargs):  # type: ignore[no-untyped-def]
-    """Rewrite a trace's segments to Parquet; see :func:`tracefmt.compaction.compact_trace`."""
+    """Rewrite each rank's segments as one sorted Parquet file, losslessly.
+
+    See :func:`tracefmt.compaction.compact_trace` (options ``tables``, ``force``, ...).
+    """
     from .compaction import compact_trace
 
     return compact_trace(path, **kwargs)

@@ -67,7 +67,8 @@ def test_input_forms_are_equivalent(tmp_path):
     table = pa.Table.from_pylist([{**r, "rank": 0} for r in rows], schema=RECORDS.schema)
     columns = {k: [r[k] for r in rows] for k in rows[0]}
     results = []
-    for i, data in enumerate([rows, table, table.to_batches()[0], columns, table.cast(pa.schema([f.with_nullable(True) for f in RECORDS.schema]))]):
+    forms = [rows, table, table.to_batches()[0], columns, table.cast(pa.schema([f.with_nullable(True) for f in RECORDS.schema])), table.drop_columns(["rank"])]
+    for i, data in enumerate(forms):
         with tracefmt.TraceWriter(tmp_path / f"t{i}", flush_interval=0) as w:
             w.write_nodes(TINY_NODES)
             w.write_records(data)

@@ -193,6 +193,8 @@ class TraceWriter:
             data = {**data, "rank": np.full(n, self.rank, dtype=np.int32)}
         elif isinstance(data, list) and data and isinstance(data[0], dict) and "rank" not in data[0]:
             data = [{**r, "rank": self.rank} for r in data]
+        elif isinstance(data, (pa.Table, pa.RecordBatch)) and "rank" not in data.schema.names:
+            data = data.append_column("rank", pa.array(np.full(data.num_rows, self.rank, dtype=np.int32)))
         batch = to_batch(TABLES[table], data)
         with self._lock:
             self._check_open()

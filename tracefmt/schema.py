@@ -161,7 +161,7 @@ RECORDS = TableDef(
         Column("hist_lo", _F64, True, "Binning parameter lo (see 'Histograms').", "tensor units"),
         Column("hist_hi", _F64, True, "Binning parameter hi (see 'Histograms').", "tensor units"),
         Column("hist_counts", pa.list_(_I64), True, "Counts per bin, ascending by value.", "elements"),
-        Column("channel_axis", _I32, True, "Axis of the per-channel vectors (1 for NCHW/NC..., -1 for the last axis)."),
+        Column("channel_axis", _I32, True, "Axis of the per-channel vectors, non-negative: 1 for NCHW/NC... layouts, len(shape) - 1 for channels-last."),
         Column("channel_pos_frac", pa.list_(_F32), True, "Per channel: fraction of elements > 0 (dead-unit detection)."),
         Column("channel_mean", pa.list_(_F32), True, "Per channel: mean of the finite elements.", "tensor units"),
         Column("mat_trace", _F64, True, "2-D weights only: trace (sum of the diagonal).", "tensor units"),

@@ -127,7 +127,7 @@ class StatKernel:
         row = torch.empty(self.width, dtype=torch.float64)
         t = self._tables
         p = row.data_ptr()
-        self._native(f.data_ptr(), f.numel(), t.first.ctypes.data, t.bound.ctypes.data, t.nbins, t.nan_bin, p, p + 8 * self.counts)
+        self._native(f.data_ptr(), f.numel(), t.bound.ctypes.data, t.first.ctypes.data, t.nbins, t.nan_bin, len(t.nonfinite), t.nonfinite.ctypes.data, p, p + 8 * self.counts)
         return row
 
     def _linear_counts(self, f: torch.Tensor, fin: torch.Tensor) -> torch.Tensor:

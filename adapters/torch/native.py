@@ -28,7 +28,9 @@ from .binning_tables import extended_layout, symlog_boundaries
 __all__ = ["native_kernel", "SymlogTables", "symlog_tables"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "tensor_stats.c"
-_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno"]
+#: Bits of a float32 that name its bucket (must equal 32 - KEY_SHIFT in the C source).
+KEY_BITS = 12
+_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd"]
 
 
 def _cpu_id() -> str:
@@ -76,24 +78,26 @@ def native_kernel() -> ctypes.CDLL | None:
         return None
     fn = lib.tracefmt_stats_f32
     p = ctypes.c_void_p
-    fn.argtypes = [p, ctypes.c_int64, p, p, ctypes.c_int32, ctypes.c_int32, p, p]
+    i32 = ctypes.c_int32
+    fn.argtypes = [p, ctypes.c_int64, p, p, i32, i32, i32, p, p, p]
     fn.restype = None
     return lib
 
 
 class SymlogTables:
-    """The two 65536-entry lookup tables of the C kernel for one symlog binning.
+    """The two 4096-entry lookup tables of the C kernel for one symlog binning.
 
-    ``first[k]``: extended bin of the smallest value whose top 16 bits are ``k``;
+    ``first[k]``: the extended bin of the smallest value whose top 12 bits are ``k``;
     ``bound[k]``: the one boundary inside that bucket (values above it go to the next
-    bin), +inf when there is none.
+    bin), +inf when there is none. ``ok`` is False when a bucket would hold two
+    boundaries (a binning much finer than the default): the torch path is used then.
     """
 
     def __init__(self, binning: Binning) -> None:
         lay = extended_layout((binning.bins - 3) // 2)
         b = symlog_boundaries(binning, "float32")
-        keys = np.arange(1 << 16, dtype=np.uint32)
-        lo_bits, hi_bits = keys << 16, (keys << 16) | 0xFFFF
+        keys = np.arange(1 << KEY_BITS, dtype=np.uint32)
+        lo_bits, hi_bits = keys << (32 - KEY_BITS), (keys << (32 - KEY_BITS)) | ((1 << (32 - KEY_BITS)) - 1)
         a, z = lo_bits.view(np.float32), hi_bits.view(np.float32)
         # A bucket's end may be NaN (after +/-inf): its only non-NaN member is its start.
         z = np.where(np.isnan(z), a, z)
@@ -102,13 +106,13 @@ class SymlogTables:
         i_hi = np.searchsorted(b, hi, side="left")
         nan_keys = np.isnan(a)
         self.ok = bool(lay.width <= 256 and np.all((i_hi - i_lo)[~nan_keys] <= 1))
-        self.first = np.where(nan_keys, lay.nan, i_lo).astype(np.uint8)
-        bound = np.full(1 << 16, np.inf, dtype=np.float32)
+        self.first = np.where(nan_keys, lay.nan, i_lo).astype(np.int32)
+        self.bound = np.full(1 << KEY_BITS, np.inf, dtype=np.float32)
         split = (i_hi > i_lo) & ~nan_keys
-        bound[split] = b[i_lo[split]]
-        self.bound = bound
+        self.bound[split] = b[i_lo[split]]
         self.nbins = lay.width
         self.nan_bin = lay.nan
+        self.nonfinite = np.array([lay.neg_inf, lay.pos_inf, lay.nan], dtype=np.int32)
 
 
 @lru_cache(maxsize=8)

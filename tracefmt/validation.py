@@ -155,6 +155,8 @@ class _Collector:
             more = f" ({rows} rows in all)" if rows > 1 else ""
             self.add(issue.severity, issue.code, issue.message + more, table=table, column=issue.column, row=row, file=file, rows=rows)
         self._merged.clear()
+        # Errors first, then warnings and infos; within a severity, by file and row.
+        self.problems.sort(key=lambda p: (-p.severity.rank, p.file or "", p.row if p.row is not None else -1))
         return self.problems
 
 

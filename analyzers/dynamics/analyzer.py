@@ -57,7 +57,7 @@ class DynamicsAnalyzer(Analyzer):
         Param("median", _D.median.value, "Median of all weights/biases: 'lower' (recorded, torch.median) or 'midpoint' (numpy.median; needs raw tensors)."),
         Param("convergence_metric", _D.convergence_metric, "Scalar series whose threshold crossing defines convergence (detour states)."),
         Param("convergence_phase", None, "Phase of that series (default: eval if present, else train)."),
-        Param("convergence_threshold", _D.convergence_threshold, "Threshold of the convergence metric; none disables detour analysis."),
+        Param("convergence_threshold", _D.convergence_threshold, "Threshold of the convergence metric; nan (or none) disables detour analysis."),
         Param("convergence_direction", _D.convergence_direction.value, "'above' (metric >= threshold, accuracy) or 'below' (loss)."),
         Param("correlation", _D.correlation.value, "Correlation for detour states: pearson or spearman (two-sided p-values)."),
         Param("alpha", _D.alpha, "Significance level for calling a state a detour."),
@@ -244,7 +244,7 @@ def _figures(fit: DynamicsFit, detours: list, note: str, conv: dict[str, int | N
         steps = np.array([conv[fit.runs[i].run_id] for i in ok], dtype=np.float64) if detours else np.zeros(0)
         return plots.detour_figure(dwell, steps, detours, note=note, metric=f"{opts.convergence_metric} threshold {opts.convergence_threshold}")
 
-    return {"dynamics_bic": bic, "dynamics_transitions": transitions, "dynamics_metrics": metrics, "dynamics_detours": detour}
+    return {"bic": bic, "transitions": transitions, "metrics": metrics, "detours": detour}
 
 
 def _graph(fit: DynamicsFit) -> Any:

@@ -72,14 +72,13 @@ def graph_figure(graph: Any) -> Figure:
     """The graph rendered by ``dot`` and shown in a matplotlib Figure."""
     import io
 
-    from matplotlib.figure import Figure
     from matplotlib.image import imread
+
+    from ..figures import new_figure
 
     img = imread(io.BytesIO(render_png(graph)), format="png")
     h, w = img.shape[:2]
-    scale = 110.0
-    fig = Figure(figsize=(max(3.0, w / scale), max(2.0, h / scale)))
-    ax = fig.add_axes((0, 0, 1, 1))
+    fig, ax = new_figure(width=max(3.0, w / 110.0), height=max(2.0, h / 110.0))
     ax.imshow(img)
     ax.axis("off")
     return fig

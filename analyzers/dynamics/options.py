@@ -55,15 +55,12 @@ def _as_list(value: Any) -> tuple[str, ...] | None:
     return tuple(str(v) for v in value)
 
 
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise UsageError(f"expected a boolean, got {value!r}")
-    return bool(value)
+def _threshold(value: Any) -> float | None:
+    """None, '', 'none' and NaN (what a float parameter can carry) all disable detours."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "nan")):
+        return None
+    v = float(value)
+    return None if v != v else v
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,7 @@ class DynamicsOptions:
                 median=coerce(MedianKind, d["median"], what="median"),
                 convergence_metric=str(d["convergence_metric"]),
                 convergence_phase=str(d["convergence_phase"]) if d["convergence_phase"] not in (None, "") else None,
-                convergence_threshold=None if d["convergence_threshold"] in (None, "", "none") else float(d["convergence_threshold"]),
+                convergence_threshold=_threshold(d["convergence_threshold"]),
                 convergence_direction=coerce(Direction, d["convergence_direction"], what="convergence_direction"),
                 correlation=coerce(Correlation, d["correlation"], what="correlation"),
                 alpha=float(d["alpha"]),

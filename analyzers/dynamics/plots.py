@@ -1,7 +1,7 @@
 """Matplotlib figures of the dynamics analyzer: model selection, metrics by state, detours.
 
-Figures are built with :class:`matplotlib.figure.Figure` directly (no pyplot state), so
-they are safe to build from any thread and need no display.
+Figures come from the shared helpers of :mod:`tracefmt.analyzers.figures` (Agg-backed,
+no pyplot state); states take their colours from its series cycle.
 """
 
 from __future__ import annotations
@@ -21,20 +21,17 @@ __all__ = ["state_colour", "bic_figure", "metrics_figure", "detour_figure"]
 
 
 def state_colour(state: int) -> str:
-    """Hex colour of a state, from matplotlib's qualitative 'tab10'/'tab20' maps (shared by plots and graph)."""
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
+    """Hex colour of a state (the shared series cycle), used by the plots and the graph alike."""
+    from ..figures import SERIES_COLORS
 
-    cmap = colormaps["tab10"] if state < 10 else colormaps["tab20"]
-    return to_hex(cmap(state % cmap.N))
+    return SERIES_COLORS[state % len(SERIES_COLORS)]
 
 
 def bic_figure(selection: Selection) -> Figure:
     """BIC (and log-likelihoods) against K, the chosen K marked."""
-    from matplotlib.figure import Figure
+    from ..figures import new_figure
 
-    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = new_figure(width=6.4, height=4.0)
     ks = [f.k for f in selection.fits]
     bics = [f.bic if math.isfinite(f.bic) else np.nan for f in selection.fits]
     ax.plot(ks, bics, "o-", color="C0", label="BIC (fitting runs)")
@@ -70,14 +67,15 @@ def metrics_figure(
     are marked with a black triangle on the curve; with a single run also with a dashed
     vertical line.
     """
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+
+    from ..figures import new_figure
 
     n = len(feature_names)
     cols = 4 if n > 6 else min(n, 3) or 1
     rows = max(1, math.ceil(n / cols))
-    fig = Figure(figsize=(3.2 * cols, 2.4 * rows + 0.6), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    fig, axes = new_figure(nrows=rows, ncols=cols, width=3.2 * cols, height=2.4 * rows + 0.6, squeeze=False)
+    axes = axes.ravel()
     n_states = int(max((p.max() for p in paths if len(p)), default=0)) + 1
     for f, name in enumerate(feature_names):
         ax = axes[f]
@@ -113,11 +111,10 @@ def detour_figure(
 
     With too few converged runs the figure shows ``note`` instead.
     """
-    from matplotlib.figure import Figure
+    from ..figures import new_figure
 
     if not correlations:
-        fig = Figure(figsize=(6.4, 2.0), layout="constrained")
-        ax = fig.add_subplot()
+        fig, ax = new_figure(width=6.4, height=2.0)
         ax.axis("off")
         ax.text(0.5, 0.5, note or "detour states not assessed", ha="center", va="center", wrap=True)
         fig.suptitle("Detour states")
@@ -125,14 +122,13 @@ def detour_figure(
     k = len(correlations)
     cols = min(k, 4)
     rows = math.ceil(k / cols)
-    fig = Figure(figsize=(3.0 * cols, 2.6 * rows + 0.5), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    fig, axes = new_figure(nrows=rows, ncols=cols, width=3.0 * cols, height=2.6 * rows + 0.5, squeeze=False)
+    axes = axes.ravel()
     for c in correlations:
         ax = axes[c.state]
         ax.scatter(dwell[:, c.state], conv_steps, color=state_colour(c.state), s=18)
-        r = "n/a" if math.isnan(c.r) else f"{c.r:+.2f}"
-        p = "n/a" if math.isnan(c.p_value) else f"{c.p_value:.3g}"
-        ax.set_title(f"state {c.state}{' (detour)' if c.detour else ''}\nr = {r}, p = {p}", fontsize="small", color="C3" if c.detour else "black")
+        stat = "no correlation (same dwell in every run)" if math.isnan(c.r) else f"r = {c.r:+.2f}, p = {c.p_value:.3g}"
+        ax.set_title(f"state {c.state}{' (detour)' if c.detour else ''}\n{stat}", fontsize="small", color="C3" if c.detour else "black")
         ax.set_xlabel("checkpoints in state", fontsize="small")
         ax.set_ylabel("convergence step", fontsize="small")
         ax.tick_params(labelsize="x-small")

@@ -49,7 +49,9 @@ def make_records(n: int, *, nodes: int = 200, seed: int = 0) -> pa.Table:
     per_step = nodes * 3
     idx = np.arange(n)
     kinds = np.array(["activation", "gradient", "weight"])[(idx // nodes) % 3]
-    hist = rng.integers(0, 50, size=(n, 99)).astype(np.int64)
+    # Valid symlog histograms: the 99 counts add up to the 4096 finite elements.
+    hist = rng.integers(0, 42, size=(n, 99)).astype(np.int64)
+    hist[:, 98] = 4096 - hist[:, :98].sum(axis=1)
     has_hist = kinds == "activation"
     ch = 64
     has_ch = (idx % 4 == 0) & has_hist
@@ -163,6 +165,10 @@ def main() -> None:
         print(f"        target >= {WRITE_TARGET:,} records/s: {'met' if w_rate >= WRITE_TARGET else 'NOT met'} per CPU-second; "
               f"{'met' if wall >= WRITE_TARGET else 'NOT met'} by wall clock ({wall:,.0f}/s on this machine now)")  # fmt: skip
 
+        t_v = best_of(lambda: tracefmt.validate(trace_dir), 1)
+        report = tracefmt.validate(trace_dir)
+        assert report.valid, str(report)
+        line("validate tracefmt.validate", n, t_v, "(every check, streamed batch by batch)")
         steps = int(records.column("step")[-1].as_py())
         filt = dict(nodes=[17], kinds=["activation"], steps=(steps // 4, 3 * steps // 4))
         cols = ["step", "node_id", "kind", "mean", "std"]

@@ -68,6 +68,9 @@ class _Batch:
         self.b = batch
         self.n = batch.num_rows
         self.issues: list[Issue] = []
+        # The same column is looked at by several checks: convert it once.
+        self._valid: dict[str, np.ndarray] = {}
+        self._num: dict[tuple[str, float], np.ndarray] = {}
 
     def ok(self, name: str) -> bool:
         if name not in self.b.schema.names:
@@ -80,14 +83,25 @@ class _Batch:
 
     def valid(self, name: str) -> np.ndarray:
         """Mask of non-null values (all False if the column is absent or mistyped)."""
-        if not self.ok(name):
-            return np.zeros(self.n, dtype=bool)
-        return np.asarray(self.col(name).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        if name not in self._valid:
+            arr = self.col(name) if self.ok(name) else None
+            if arr is None:
+                self._valid[name] = np.zeros(self.n, dtype=bool)
+            elif arr.null_count == 0:
+                self._valid[name] = np.ones(self.n, dtype=bool)
+            else:
+                self._valid[name] = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        return self._valid[name]
 
     def num(self, name: str, fill: float = 0) -> np.ndarray:
         """Column as numpy with nulls replaced by ``fill``."""
-        arr = self.col(name)
-        return np.asarray(pc.fill_null(arr, pa.scalar(fill, arr.type)).to_numpy(zero_copy_only=False))
+        key = (name, fill)
+        if key not in self._num:
+            arr = self.col(name)
+            if arr.null_count:
+                arr = pc.fill_null(arr, pa.scalar(fill, arr.type))
+            self._num[key] = np.asarray(arr.to_numpy(zero_copy_only=False))
+        return self._num[key]
 
     def flag(self, mask: np.ndarray, code: str, column: str | None, message: str, severity: Severity = Severity.ERROR) -> None:
         idx = np.flatnonzero(mask)

@@ -16,6 +16,7 @@ histogram.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,10 @@ class StatKernel:
         self._boundaries: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._native = None
         self._tables = None
+        #: Threads of the C kernel. One by default: a hook runs between torch's own
+        #: parallel operations, and on a busy machine a second OpenMP team costs more
+        #: than it saves (measured; see bench/RESULTS.md).
+        self.threads = int(os.environ.get("TRACEFMT_NATIVE_THREADS", "1"))
         if self.symlog and native is not False:
             from .native import native_kernel, symlog_tables
 
@@ -127,7 +132,7 @@ class StatKernel:
         row = torch.empty(self.width, dtype=torch.float64)
         t = self._tables
         p = row.data_ptr()
-        self._native(f.data_ptr(), f.numel(), t.bound.ctypes.data, t.first.ctypes.data, t.nbins, t.nan_bin, len(t.nonfinite), t.nonfinite.ctypes.data, p, p + 8 * self.counts)
+        self._native(f.data_ptr(), f.numel(), t.bound.ctypes.data, t.first.ctypes.data, t.nbins, t.nan_bin, len(t.nonfinite), t.nonfinite.ctypes.data, self.threads, p, p + 8 * self.counts)
         return row
 
     def _linear_counts(self, f: torch.Tensor, fin: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ __all__ = ["native_kernel", "SymlogTables", "symlog_tables"]
 _SOURCE = Path(__file__).with_name("csrc") / "tensor_stats.c"
 #: Bits of a float32 that name its bucket (must equal 32 - KEY_SHIFT in the C source).
 KEY_BITS = 12
-_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd"]
+_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-fno-strict-aliasing", "-fopenmp"]
 
 
 def _cpu_id() -> str:
@@ -79,7 +79,7 @@ def native_kernel() -> ctypes.CDLL | None:
     fn = lib.tracefmt_stats_f32
     p = ctypes.c_void_p
     i32 = ctypes.c_int32
-    fn.argtypes = [p, ctypes.c_int64, p, p, i32, i32, i32, p, p, p]
+    fn.argtypes = [p, ctypes.c_int64, p, p, i32, i32, i32, p, i32, p, p]
     fn.restype = None
     return lib
 

@@ -1,11 +1,13 @@
-/* Record statistics of a contiguous float32 array (the CPU fast path).
+/* Record statistics of a contiguous float32 array: the CPU fast path of the torch adapter.
+ *
+ * One pass over memory, in blocks that stay in L1: each block is binned, counted, and its
+ * moments taken, by several threads (OpenMP) for large arrays.
  *
  * Bin lookup: the top 12 bits of an IEEE float32 (sign, exponent, 3 mantissa bits) name a
  * bucket spanning at most 1/8 of an octave, so a bucket holds at most one boundary of the
  * extended symlog bins (the default's are 10**(1/4) apart; native.py checks the binning).
  * Two 4096-entry tables give the bucket's first bin and its boundary:
- * bin = first[key] + (x > bound[key]); NaN goes to its own bin. A second, vectorised pass
- * takes the moments.
+ * bin = first[key] + (x > bound[key]); NaN goes to its own bin.
  *
  * Moments are accumulated in double over the finite elements, shifted by the first finite
  * element so that the variance does not suffer from cancellation. They are reported in
@@ -17,61 +19,49 @@
 #include <string.h>
 
 #define LANES 4
-#define BLOCK 512
-#define KEY_SHIFT 20 /* 4096 buckets (sign, exponent, 3 mantissa bits): tables fit in L1 */
+#define BLOCK 1024
+#define KEY_SHIFT 20 /* 4096 buckets: the tables fit in L1 */
+#define MAX_BINS 256
 
-/* Extended bin of every element of x[0..n) (n <= BLOCK): a gather-friendly loop. */
-static void bins_of(const float *x, int64_t n, const float *bound, const int32_t *first, int32_t nan_bin, int32_t *out) {
+typedef struct {
+    int64_t hist[LANES][MAX_BINS];
+    double s1, s2, sa;
+    float mn, mx;
+} partial_t;
+
+/* Bins of one block; returns non-zero if the block holds a NaN or an Inf. */
+static int bins_of(const float *restrict x, int64_t n, const float *restrict bound, const int32_t *restrict first, int32_t nan_bin,
+                   int32_t *restrict out) {
+    const uint32_t *restrict xb = (const uint32_t *)x; /* compiled with -fno-strict-aliasing */
+    uint32_t special = 0;
     for (int64_t i = 0; i < n; i++) {
+        uint32_t bits = xb[i];
         float v = x[i];
-        uint32_t bits;
-        memcpy(&bits, &v, 4);
         uint32_t key = bits >> KEY_SHIFT;
-        int32_t bin = first[key] + (v > bound[key]);
+        int32_t bin = first[key] + (v > bound[key] ? 1 : 0);
         out[i] = v == v ? bin : nan_bin; /* NaN compares false everywhere */
+        special |= (bits & 0x7F800000u) == 0x7F800000u ? 1u : 0u;
     }
+    return special != 0;
 }
 
-static void histogram(const float *x, int64_t n, const float *bound, const int32_t *first, int32_t nan_bin, int64_t hist[LANES][256]) {
+static void block(const float *x, int64_t m, const float *bound, const int32_t *first, int32_t nan_bin, double shift, partial_t *p) {
     int32_t bins[BLOCK];
-    for (int64_t start = 0; start < n; start += BLOCK) {
-        int64_t m = n - start < BLOCK ? n - start : BLOCK;
-        bins_of(x + start, m, bound, first, nan_bin, bins);
-        int64_t i = 0;
-        for (; i + LANES <= m; i += LANES) {
-            hist[0][bins[i]]++;
-            hist[1][bins[i + 1]]++;
-            hist[2][bins[i + 2]]++;
-            hist[3][bins[i + 3]]++;
-        }
-        for (; i < m; i++) hist[0][bins[i]]++;
+    int special = bins_of(x, m, bound, first, nan_bin, bins);
+    int64_t i = 0;
+    for (; i + LANES <= m; i += LANES) {
+        p->hist[0][bins[i]]++;
+        p->hist[1][bins[i + 1]]++;
+        p->hist[2][bins[i + 2]]++;
+        p->hist[3][bins[i + 3]]++;
     }
-}
-
-void tracefmt_stats_f32(const float *x, int64_t n, const float *bound, const int32_t *first, int32_t nbins, int32_t nan_bin,
-                        int32_t nonfinite_bins, const int32_t *nonfinite, double *counts, double *moments) {
-    static __thread int64_t hist[LANES][256];
-    memset(hist, 0, sizeof(hist));
-    histogram(x, n, bound, first, nan_bin, hist);
-    int64_t k = 0;
-    for (int b = 0; b < nbins; b++) {
-        int64_t c = 0;
-        for (int l = 0; l < LANES; l++) c += hist[l][b];
-        counts[b] = (double)c;
-    }
-    for (int j = 0; j < nonfinite_bins; j++) k += (int64_t)counts[nonfinite[j]];
-
-    double shift = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        if (isfinite(x[i])) { shift = (double)x[i]; break; }
-    }
+    for (; i < m; i++) p->hist[0][bins[i]]++;
     double s1 = 0.0, s2 = 0.0, sa = 0.0;
-    float mn = INFINITY, mx = -INFINITY;
-    if (k == 0) {
-        /* The common case: every element is finite; a vectorised pass. */
+    float mn = p->mn, mx = p->mx;
+    if (!special) {
 #pragma omp simd reduction(+ : s1, s2, sa) reduction(min : mn) reduction(max : mx)
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
+        for (int64_t j = 0; j < m; j++) {
+            float v = x[j];
             double d = (double)v - shift;
             s1 += d;
             s2 += d * d;
@@ -80,8 +70,8 @@ void tracefmt_stats_f32(const float *x, int64_t n, const float *bound, const int
             mx = v > mx ? v : mx;
         }
     } else {
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
+        for (int64_t j = 0; j < m; j++) {
+            float v = x[j];
             if (!isfinite(v)) continue;
             double d = (double)v - shift;
             s1 += d;
@@ -91,18 +81,70 @@ void tracefmt_stats_f32(const float *x, int64_t n, const float *bound, const int
             mx = v > mx ? v : mx;
         }
     }
-    double big_n = (double)n, nf = big_n - (double)k, mean_c = 0.0, var_c = 0.0;
+    p->s1 += s1;
+    p->s2 += s2;
+    p->sa += sa;
+    p->mn = mn;
+    p->mx = mx;
+}
+
+static void reset(partial_t *p) {
+    memset(p->hist, 0, sizeof(p->hist));
+    p->s1 = p->s2 = p->sa = 0.0;
+    p->mn = INFINITY;
+    p->mx = -INFINITY;
+}
+
+void tracefmt_stats_f32(const float *x, int64_t n, const float *bound, const int32_t *first, int32_t nbins, int32_t nan_bin,
+                        int32_t nonfinite_bins, const int32_t *nonfinite, int32_t threads, double *counts, double *moments) {
+    double shift = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        if (isfinite(x[i])) { shift = (double)x[i]; break; }
+    }
+    int64_t nblocks = (n + BLOCK - 1) / BLOCK;
+    partial_t total;
+    reset(&total);
+    if (threads < 1 || nblocks < 16) threads = 1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        partial_t p;
+        reset(&p);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < nblocks; b++) {
+            int64_t start = b * BLOCK;
+            int64_t m = n - start < BLOCK ? n - start : BLOCK;
+            block(x + start, m, bound, first, nan_bin, shift, &p);
+        }
+#pragma omp critical
+        {
+            for (int l = 0; l < LANES; l++)
+                for (int k = 0; k < nbins; k++) total.hist[l][k] += p.hist[l][k];
+            total.s1 += p.s1;
+            total.s2 += p.s2;
+            total.sa += p.sa;
+            total.mn = p.mn < total.mn ? p.mn : total.mn;
+            total.mx = p.mx > total.mx ? p.mx : total.mx;
+        }
+    }
+    for (int k = 0; k < nbins; k++) {
+        int64_t c = 0;
+        for (int l = 0; l < LANES; l++) c += total.hist[l][k];
+        counts[k] = (double)c;
+    }
+    int64_t nonfin = 0;
+    for (int j = 0; j < nonfinite_bins; j++) nonfin += (int64_t)counts[nonfinite[j]];
+    double big_n = (double)n, nf = big_n - (double)nonfin, mean_c = 0.0, var_c = 0.0;
     if (nf > 0) {
-        double m = s1 / nf;                   /* mean of (v - shift) */
-        double m2 = s2 - m * s1;              /* sum of squared deviations */
+        double m = total.s1 / nf;             /* mean of (v - shift) */
+        double m2 = total.s2 - m * total.s1;  /* sum of squared deviations */
         if (m2 < 0.0) m2 = 0.0;
         double mean_f = shift + m;
-        mean_c = mean_f * nf / big_n;         /* c holds k zeros in place of the non-finite */
-        var_c = (m2 + mean_f * mean_f * nf * (double)k / big_n) / big_n;
+        mean_c = mean_f * nf / big_n;         /* c holds the non-finite elements as zeros */
+        var_c = (m2 + mean_f * mean_f * nf * (double)nonfin / big_n) / big_n;
     }
     moments[0] = mean_c;
     moments[1] = sqrt(var_c);
-    moments[2] = sa;
-    moments[3] = (double)mn;
-    moments[4] = (double)mx;
+    moments[2] = total.sa;
+    moments[3] = (double)total.mn;
+    moments[4] = (double)total.mx;
 }

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tracefmt.adapters.onnxruntime import load_graph, random_feed, recover_scopes, trace_onnx
-from tracefmt.adapters.onnxruntime.chunks import plan_chunks
+from tracefmt.adapters.onnxruntime.chunks import estimate_sizes, plan_chunks
 
 import tracefmt
 from tracefmt.errors import UsageError
@@ -232,3 +232,18 @@ def test_bad_inputs_are_usage_errors(tmp_path):
     assert tracefmt.open(path).read().column("dtype").to_pylist()[0] == "float32"
     feed = random_feed(load_graph(_mlp()), dim=5)
     assert feed["x"].shape == (5, 4) and feed["x"].dtype == np.float32
+
+
+def test_byte_budget_chunks_from_inferred_shapes(tmp_path):
+    model = _mlp()
+    info = load_graph(model)
+    feed = {"x": np.zeros((5, 4), np.float32)}
+    sizes = estimate_sizes(info, feed)
+    assert sizes["h0"] == sizes["h1"] == 5 * 8 * 4 and sizes["y"] == 5 * 3 * 4
+    chunks = plan_chunks(info, 64, {"x"}, sizes=sizes, chunk_bytes=5 * 8 * 4 * 2)
+    for c in chunks:
+        captured = [o for o in c.outputs if o in sizes and o != "scale"]
+        assert sum(sizes[o] for o in captured) <= 5 * 8 * 4 * 2 or len(captured) == 1
+    assert 1 < len(chunks) < 7
+    by_bytes = _records(trace_onnx(model, [feed], tmp_path / "b", chunk_bytes=5 * 8 * 4 * 2))
+    assert repr(by_bytes) == repr(_records(trace_onnx(model, [feed], tmp_path / "one", chunk_outputs=None)))

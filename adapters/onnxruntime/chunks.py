@@ -19,7 +19,7 @@ from tracefmt.errors import UsageError
 
 from .graph import GraphInfo
 
-__all__ = ["Chunk", "plan_chunks", "chunk_model", "type_proto"]
+__all__ = ["Chunk", "plan_chunks", "chunk_model", "type_proto", "estimate_sizes"]
 
 
 @dataclass
@@ -43,13 +43,23 @@ class Chunk:
     release: list[str] = field(default_factory=list)
 
 
-def plan_chunks(info: GraphInfo, chunk_outputs: int | None, fed: set[str]) -> list[Chunk]:
+def plan_chunks(
+    info: GraphInfo,
+    chunk_outputs: int | None,
+    fed: set[str],
+    *,
+    sizes: dict[str, int] | None = None,
+    chunk_bytes: int | None = None,
+) -> list[Chunk]:
     """Cut the graph into chunks of at most ``chunk_outputs`` captured outputs.
 
     Args:
         info: The loaded graph.
         chunk_outputs: Captured outputs per chunk; None for one chunk with everything.
         fed: Names the caller feeds (graph inputs, including initializer overrides).
+        sizes: Estimated bytes of tensors (see :func:`estimate_sizes`); unknown ones count 0.
+        chunk_bytes: Also end a chunk before its captured outputs exceed this many
+            estimated bytes. Ignored when ``chunk_outputs`` is None.
 
     Returns:
         The chunks, in execution order.
@@ -58,13 +68,17 @@ def plan_chunks(info: GraphInfo, chunk_outputs: int | None, fed: set[str]) -> li
         raise UsageError(f"chunk_outputs must be a positive integer or None, got {chunk_outputs}")
     n = len(info.nodes)
     bounds: list[tuple[int, int]] = []
-    start, count = 0, 0
+    start, count, size = 0, 0, 0
+    budget = chunk_bytes if chunk_bytes is not None and sizes else None
     for i in range(n):
-        k = len(info.captured_outputs(i))
-        if chunk_outputs is not None and count and count + k > chunk_outputs:
+        captured = info.captured_outputs(i)
+        k = len(captured)
+        b = sum((sizes or {}).get(name, 0) for _, name in captured)
+        if chunk_outputs is not None and count and (count + k > chunk_outputs or (budget is not None and size + b > budget)):
             bounds.append((start, i))
-            start, count = i, 0
+            start, count, size = i, 0, 0
         count += k
+        size += b
     if n:
         bounds.append((start, n))
     graph_outputs = {o.name for o in info.graph.output}
@@ -162,3 +176,50 @@ def chunk_model(info: GraphInfo, chunk: Chunk, input_types: dict[str, Any]) -> A
     model = helper.make_model(sub, opset_imports=list(info.model.opset_import), ir_version=info.model.ir_version)
     model.functions.extend(info.model.functions)
     return model
+
+
+def estimate_sizes(info: GraphInfo, feed: dict[str, Any]) -> dict[str, int]:
+    """Bytes of every tensor whose shape ONNX shape inference can derive for this feed.
+
+    The graph inputs are given the feed's concrete shapes first, so symbolic batch sizes
+    resolve. Tensors of unknown shape or type are left out. Inference failures yield {}.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, shape_inference
+
+    model = onnx.ModelProto()
+    model.ir_version = info.model.ir_version
+    model.opset_import.extend(info.model.opset_import)
+    model.functions.extend(info.model.functions)
+    graph = model.graph
+    graph.node.extend(info.nodes)
+    # Only small initializers are copied (shape tensors that data propagation reads);
+    # large ones are declared by type and shape so the estimate never duplicates weights.
+    for t in info.initializers.values():
+        small = t.data_location != 1 and len(t.raw_data) + 8 * len(t.int64_data) + 4 * (len(t.float_data) + len(t.int32_data)) <= 4096
+        if small:
+            graph.initializer.append(t)
+        if not small or model.ir_version < 4:
+            graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for vi in list(info.required_inputs) + list(info.optional_inputs):
+        value = feed.get(vi.name)
+        if isinstance(value, np.ndarray) and vi.type.HasField("tensor_type"):
+            graph.input.append(helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, list(value.shape)))
+        elif vi.name not in info.initializers:
+            graph.input.append(vi)
+    try:
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference is a best effort: a model it cannot handle gets count-based chunks
+        return {}
+    sizes: dict[str, int] = {}
+    for vi in inferred.graph.value_info:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or not tt.elem_type or not tt.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        if any(d < 0 for d in dims):
+            continue
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize if tt.elem_type != onnx.TensorProto.STRING else 8
+        sizes[vi.name] = int(np.prod(dims, dtype=np.int64)) * itemsize
+    return sizes

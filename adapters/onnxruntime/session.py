@@ -73,6 +73,7 @@ class SessionFactory:
         # Each chunk's session runs once per step; an arena kept per session would hold
         # its high-water mark for the whole trace, so memory is returned after each run.
         so.enable_cpu_mem_arena = False
+        so.enable_mem_pattern = False
         return so
 
     def create(self, model: Any) -> Any:

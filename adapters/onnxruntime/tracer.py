@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +14,17 @@ from tracefmt.histogram import DEFAULT_BINNING, Binning
 from tracefmt.stats import channel_stats, dtype_name, tensor_stats
 from tracefmt.writer import TraceWriter
 
-from .chunks import Chunk, chunk_model, plan_chunks, type_proto
+from .chunks import Chunk, chunk_model, estimate_sizes, plan_chunks, type_proto
 from .graph import GraphInfo, load_graph
 from .inputs import as_batches, check_feed
 from .session import Optimization, SessionFactory
 
-__all__ = ["trace_onnx", "DEFAULT_CHUNK_OUTPUTS", "ADAPTER_NAME"]
+__all__ = ["trace_onnx", "DEFAULT_CHUNK_OUTPUTS", "DEFAULT_CHUNK_BYTES", "ADAPTER_NAME"]
 
 #: Captured outputs per chunk session in statistics-only mode.
 DEFAULT_CHUNK_OUTPUTS = 64
+#: Estimated bytes of captured outputs per chunk session.
+DEFAULT_CHUNK_BYTES = 16 << 20
 #: The ``producer.adapter`` written to the manifest.
 ADAPTER_NAME = "tracefmt.adapters.onnxruntime"
 #: Flush buffered records to the writer at this many rows.
@@ -46,19 +48,25 @@ def _tensor_record(value: Any, *, binning: Binning | None, median: bool, channel
 class _Run:
     """State of one trace: chunks, their sessions and the value types between them."""
 
-    def __init__(self, info: GraphInfo, factory: SessionFactory, chunk_outputs: int | None) -> None:
+    def __init__(
+        self, info: GraphInfo, factory: SessionFactory, chunk_outputs: int | None, chunk_bytes: int | None, keep_sessions: bool
+    ) -> None:
         self.info = info
         self.factory = factory
         self.chunk_outputs = chunk_outputs
+        self.chunk_bytes = chunk_bytes
+        self.keep_sessions = keep_sessions
         self.fed: set[str] | None = None
         self.chunks: list[Chunk] = []
         self.sessions: list[Any] = []
         self.types: dict[str, Any] = {vi.name: vi.type for vi in list(info.required_inputs) + list(info.optional_inputs)}
 
-    def plan(self, fed: set[str]) -> None:
+    def plan(self, feed: dict[str, Any]) -> None:
+        fed = set(feed)
         if fed != self.fed:
             self.fed = fed
-            self.chunks = plan_chunks(self.info, self.chunk_outputs, fed)
+            sizes = estimate_sizes(self.info, feed) if self.chunk_outputs is not None and self.chunk_bytes else None
+            self.chunks = plan_chunks(self.info, self.chunk_outputs, fed, sizes=sizes, chunk_bytes=self.chunk_bytes)
             self.sessions = [None] * len(self.chunks)
 
     def session(self, c: int) -> Any:
@@ -68,6 +76,8 @@ class _Run:
             for arg in sess.get_outputs():
                 if arg.name not in self.types:
                     self.types[arg.name] = type_proto(arg.type)
+            if not self.keep_sessions:
+                return sess  # one step only: the session is freed once its chunk has run
             self.sessions[c] = sess
         return self.sessions[c]
 
@@ -84,6 +94,7 @@ def trace_onnx(
     providers: tuple[str, ...] | list[str] = ("CPUExecutionProvider",),
     optimization: str | Optimization = Optimization.DISABLED,
     chunk_outputs: int | None = DEFAULT_CHUNK_OUTPUTS,
+    chunk_bytes: int | None = DEFAULT_CHUNK_BYTES,
     exclude_ops: Collection[str] = (),
     phase: str | Phase = Phase.INFER,
     start_step: int = 0,
@@ -116,6 +127,9 @@ def trace_onnx(
         chunk_outputs: Captured outputs per session chunk, bounding peak memory; None runs
             the whole graph in one session with every output exposed (fastest, memory
             grows with the model). Defaults to 64.
+        chunk_bytes: Also end a chunk before its captured outputs exceed this many bytes,
+            as estimated by ONNX shape inference for the first feed's shapes (tensors of
+            unknown shape count as 0). None: by count only. Defaults to 16 MiB.
         exclude_ops: Operator types whose outputs are not recorded (the nodes stay in
             the nodes table), e.g. ``('ConstantOfShape',)`` for models that generate their
             weights at run time. Defaults to none.
@@ -151,6 +165,7 @@ def trace_onnx(
             "providers": list(providers),
             "graph_optimization_level": factory.optimization.value,
             "chunk_outputs": chunk_outputs,
+            "chunk_bytes": chunk_bytes if chunk_outputs is not None else None,
             "opset_import": opsets,
             "producer_name": info.model.producer_name,
             "producer_version": info.model.producer_version,
@@ -158,7 +173,8 @@ def trace_onnx(
             "exclude_ops": sorted(exclude_ops),
         },
     )
-    run = _Run(info, factory, chunk_outputs)
+    # Sessions are kept for the next step unless there is only one feed (a dict).
+    run = _Run(info, factory, chunk_outputs, chunk_bytes, keep_sessions=not isinstance(inputs, Mapping))
     try:
         writer.write_nodes(info.node_rows())
         steps = 0
@@ -177,7 +193,7 @@ def trace_onnx(
 def _trace_step(run: _Run, writer: TraceWriter, feed: dict[str, Any], *, step: int, phase: Phase, raw: bool,
                 binning: Binning | None, median: bool, channels: bool, exclude: frozenset[str]) -> None:  # fmt: skip
     info = run.info
-    run.plan(set(feed))
+    run.plan(feed)
     live: dict[str, Any] = dict(feed)
     rows: list[dict[str, Any]] = []
     seq = 0

@@ -73,3 +73,14 @@ def test_cli_exit_codes_and_formats(traces, capsys):
     assert main(["diff", str(traces / "changed"), str(traces / "nope")]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and err.count("\n") == 1
+
+
+def test_findings_colour_the_graph_by_diff_error(traces):
+    from tracefmt.analyzers.render.graph import render_graph
+
+    import tracefmt
+
+    result = diff_traces(traces / "changed", traces / "ref")
+    graph = render_graph(tracefmt.open(traces / "changed"), metric="diff_error", findings=result.findings)
+    assert graph.info.scale is not None and graph.info.scale.vmax == pytest.approx(max(c.error for c in result.compared))
+    assert [str(s) for s in graph.info.marked.values()].count("error") == 1  # the first divergence

@@ -199,7 +199,9 @@ def _step_pairs(a: Side, b: Side) -> list[tuple[int, int]]:
     return list(zip(a.steps, b.steps))
 
 
-def _compare(a: Side, b: Side, oa: Obs, ob: Obs, steps: list[tuple[int, int]], atol: float | None, rtol: float | None) -> tuple[Comparison, int, Any, Any]:
+def _compare(
+    a: Side, b: Side, oa: Obs, ob: Obs, steps: list[tuple[int, int]], atol: float | None, rtol: float | None
+) -> tuple[Comparison, int, Any, Any]:
     worst: tuple[Comparison, int, Any, Any] | None = None
     for sa, sb in steps:
         ra, rb = a.records.get(oa, {}).get(sa), b.records.get(ob, {}).get(sb)
@@ -351,8 +353,16 @@ def _op_tensor(side: Side, obs: Obs) -> str:
 
 def _mark_origins(sa: Side, sb: Side, compared: list[Compared], growth: float) -> None:
     """Set ``input_error`` and ``status`` of every compared pair (in execution order)."""
+    tensors: dict[str, list[str]] = {}
+    by_tensor: dict[str, dict[str, list[int]]] = {"a": {}, "b": {}}
+    for label, side in (("a", sa), ("b", sb)):
+        names = [_op_tensor(side, c.pair.a if label == "a" else c.pair.b) if side.op_level else "" for c in compared]
+        tensors[label] = names
+        for j, t in enumerate(names):
+            if t:
+                by_tensor[label].setdefault(t, []).append(j)
     for i, c in enumerate(compared):
-        feeding = _feeding(sa, sb, compared, i)
+        feeding = _feeding(sa, sb, compared, i, tensors, by_tensor)
         c.input_error = max((compared[j].error for j in feeding), default=0.0)
         if c.error <= 1:
             c.status = "ok"
@@ -362,31 +372,28 @@ def _mark_origins(sa: Side, sb: Side, compared: list[Compared], growth: float) -
             c.status = "divergent"
 
 
-def _feeding(sa: Side, sb: Side, compared: list[Compared], i: int) -> list[int]:
-    """Indices of the compared pairs whose tensors feed pair ``i``."""
+def _feeding(
+    sa: Side, sb: Side, compared: list[Compared], i: int, tensors: dict[str, list[str]], by_tensor: dict[str, dict[str, list[int]]]
+) -> list[int]:
+    """Indices of the earlier compared pairs whose tensors feed pair ``i``."""
     c = compared[i]
-    op_label = c.pair.op_side
-    if op_label is None:
+    label = c.pair.op_side
+    if label is None:
         return [i - 1] if i > 0 else []
-    side = sa if op_label == "a" else sb
-    obs_of = (lambda p: p.a) if op_label == "a" else (lambda p: p.b)
-    by_tensor: dict[str, list[int]] = {}
-    for j, other in enumerate(compared[:i]):
-        t = _op_tensor(side, obs_of(other.pair))
-        if t:
-            by_tensor.setdefault(t, []).append(j)
-    mine = _op_tensor(side, obs_of(c.pair))
+    side = sa if label == "a" else sb
+    index = by_tensor[label]
+    mine = tensors[label][i]
     # Pairs sharing this tensor (a block and its last ReLU) feed it directly.
-    found = set(by_tensor.get(mine, []))
-    start = side.nodes[obs_of(c.pair)[0]]
+    found = {j for j in index.get(mine, []) if j < i}
+    start = side.nodes[(c.pair.a if label == "a" else c.pair.b)[0]]
     queue = deque(start.inputs)
-    seen_tensors: set[str] = set()
-    while queue and len(seen_tensors) < _MAX_WALK:
+    seen: set[str] = set()
+    while queue and len(seen) < _MAX_WALK:
         t = queue.popleft()
-        if not t or t in seen_tensors:
+        if not t or t in seen:
             continue
-        seen_tensors.add(t)
-        hits = [j for j in by_tensor.get(t, []) if t != mine]
+        seen.add(t)
+        hits = [j for j in index.get(t, []) if j < i and t != mine]
         if hits:
             found.update(hits)
             continue

@@ -198,9 +198,18 @@ def _trace_step(run: _Run, writer: TraceWriter, feed: dict[str, Any], *, step: i
     rows: list[dict[str, Any]] = []
     seq = 0
 
+    input_stats: dict[int, dict[str, Any] | None] = {}
+
     def emit(node_id: int, kind: Kind, slot: int, value: Any) -> None:
         nonlocal seq
-        rec = _tensor_record(value, binning=binning, median=median, channels=channels)
+        if kind is Kind.INPUT:
+            # A graph input read by several nodes is summarised once per step.
+            if id(value) not in input_stats:
+                input_stats[id(value)] = _tensor_record(value, binning=binning, median=median, channels=channels)
+            cached = input_stats[id(value)]
+            rec = dict(cached) if cached is not None else None
+        else:
+            rec = _tensor_record(value, binning=binning, median=median, channels=channels)
         if rec is None:
             return
         rec.update(step=step, phase=phase.value, node_id=node_id, kind=kind.value, slot=str(slot), call=0, seq=seq)

@@ -136,7 +136,23 @@ def test_options_are_validated():
         DynamicsOptions.from_params({"covariance_type": "banded"})
     with pytest.raises(UsageError, match="variance_ddof"):
         DynamicsOptions.from_params({"variance_ddof": 2})
+    with pytest.raises(UsageError, match="unknown feature 'l3'; available: l1, l2"):
+        DynamicsOptions.from_params({"features": "l1,l3"})
 
 
 def test_bic_formula():
     assert bic(-100.0, 10, 50) == pytest.approx(200.0 + 10 * math.log(50))
+
+
+def test_fitted_model_scores_far_data_in_log_space():
+    """EM runs in hmmlearn's fast 'scaling' mode; the returned model scores in log space,
+    so held-out runs far from every state give a finite (very low) likelihood, not an underflow."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.01, (50, 3)), rng.normal(5, 0.01, (50, 3))])
+    model, issues = fit_hmm(x, [100], k=2, n_iter=50)
+    assert model.implementation == "log"
+    far = np.full((5, 3), 1e4)
+    assert np.isfinite(model.score(far)) and model.score(far) < -1e6
+    model.implementation = "scaling"
+    with pytest.raises(ValueError, match="underflow"):
+        model.score(far)

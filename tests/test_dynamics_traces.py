@@ -17,6 +17,7 @@ import pytest
 from tracefmt.analyzers.dynamics import FEATURES, STATES, DynamicsAnalyzer, DynamicsOptions, extract_features, read_states
 
 import tracefmt
+from tracefmt.errors import UsageError
 from tracefmt.schema import spec_column_table
 from tracefmt.stats import matrix_stats, tensor_stats
 
@@ -97,6 +98,8 @@ def test_features_match_direct_numpy(tmp_path):
     # Hook points restrict the averaged matrices (the global statistics stay global).
     only = extract_features(trace, DynamicsOptions(nodes=("fc2",)))
     assert only.values[0, FEATURES.index("l1")] == pytest.approx(np.abs(p[(2, "weight")]).sum())
+    with pytest.raises(UsageError, match="unknown node 'fc9'.*available: conv, fc1, fc2"):
+        extract_features(trace, DynamicsOptions(nodes=("fc9",)))
 
 
 def test_missing_aggregates_and_matrix_stats_degrade_with_findings(tmp_path):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from tracefmt.errors import UsageError
 from tracefmt.findings import Finding
 
 from .options import DynamicsOptions, MedianKind
@@ -143,8 +144,13 @@ def _hook_mask(trace: Trace, rec: dict[str, np.ndarray], opts: DynamicsOptions) 
     if opts.nodes is not None:
         nodes = trace.nodes
         wanted = set(opts.nodes)
-        ids = {nid for nid, name, scope in zip(nodes.column("node_id").to_pylist(), nodes.column("name").to_pylist(), nodes.column("scope").to_pylist())
-               if name in wanted or scope in wanted}  # fmt: skip
+        rows = list(zip(nodes.column("node_id").to_pylist(), nodes.column("name").to_pylist(), nodes.column("scope").to_pylist()))
+        known = {name for _, name, _ in rows} | {scope for _, _, scope in rows}
+        missing = sorted(wanted - known)
+        if missing:
+            names = sorted(n for n in known if n)
+            raise UsageError(f"dynamics: {trace.path}: unknown node {missing[0]!r} in 'nodes'; available: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+        ids = {nid for nid, name, scope in rows if name in wanted or scope in wanted}
         mask &= np.isin(rec["node_id"], list(ids))
     return mask
 

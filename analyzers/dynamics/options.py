@@ -151,3 +151,9 @@ class DynamicsOptions:
             raise UsageError(f"dynamics: variance_ddof must be 0 or 1, got {self.variance_ddof}")
         if not 0.0 < self.alpha < 1.0:
             raise UsageError(f"dynamics: alpha must be in (0, 1), got {self.alpha}")
+        if self.features is not None:
+            from .features import FEATURES
+
+            unknown = [f for f in self.features if f not in FEATURES]
+            if unknown:
+                raise UsageError(f"dynamics: unknown feature {unknown[0]!r}; available: {', '.join(FEATURES)}")

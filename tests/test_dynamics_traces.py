@@ -112,11 +112,11 @@ def test_missing_aggregates_and_matrix_stats_degrade_with_findings(tmp_path):
             w.write_records([dict(step=step, phase="train", node_id=1, kind="weight", slot="weight", call=0, **tensor_stats(a, binning=None))])
     run = extract_features(tracefmt.open(tmp_path / "t"))
     assert run.names == ("l1", "l2", "code_sparsity")
-    dropped = {f.metric for f in run.findings if f.code == "dynamics-feature-missing"}
-    assert dropped == set(FEATURES) - {"l1", "l2", "code_sparsity"}
+    # One warning per cause, naming the features it drops.
+    missing = {f.metric: f.message for f in run.findings if f.code == "dynamics-feature-missing"}
+    assert set(missing) == {"trace,spectral,computational_sparsity,sv_mean,sv_var", "w_mean,w_var,w_median", "b_mean,b_var,b_median"}
     assert all(f.severity == "warning" for f in run.findings)
-    msg = next(f.message for f in run.findings if f.metric == "w_mean")
-    assert "all:weight" in msg
+    assert "all:weight" in missing["w_mean,w_var,w_median"] and "matrix statistics" in missing["trace,spectral,computational_sparsity,sv_mean,sv_var"]
 
 
 def test_midpoint_median_from_raw_tensors(tmp_path):

@@ -123,11 +123,18 @@ def fit_dynamics(runs: list[RunFeatures], opts: DynamicsOptions | None = None) -
     return DynamicsFit(runs, features, z, selection, paths, posteriors, edges, constant, findings)
 
 
+_ISSUE_WORDS = {
+    "not-converged": "did not converge",
+    "degenerate": "gave a degenerate fit",
+    "rounding": "had log-likelihood drops smaller than tol (EM rounding, harmless)",
+}
+
+
 def fit_findings(selection: Selection, *, restarts: int) -> list[Finding]:
     """Summarise captured fitting problems: one finding per (K, kind).
 
     Problems of the chosen K are warnings; those of other K are info (they did not make it
-    into the result).
+    into the result), and so is EM rounding (a log-likelihood drop smaller than tol).
     """
     grouped: dict[tuple[int, str], list[tuple[int, str]]] = defaultdict(list)
     for issue in selection.issues:
@@ -136,8 +143,9 @@ def fit_findings(selection: Selection, *, restarts: int) -> list[Finding]:
     for (k, kind), items in sorted(grouped.items()):
         n = len({r for r, _ in items})
         code = {"not-converged": "dynamics-not-converged", "degenerate": "dynamics-degenerate-fit"}.get(kind, "dynamics-fit-warning")
-        severity = "warning" if k == selection.best_k else "info"
+        severity = "warning" if k == selection.best_k and kind != "rounding" else "info"
         first = items[0][1].strip().splitlines()[0][:200]
-        out.append(Finding(ANALYZER, code, severity, f"K={k}: {n} of {restarts} restart(s) {kind.replace('-', ' ')}: {first}",
+        what = _ISSUE_WORDS.get(kind, "warned")
+        out.append(Finding(ANALYZER, code, severity, f"K={k}: {n} of {restarts} restart(s) {what}: {first}",
                            metric="n_states", value=float(k)))  # fmt: skip
     return out

@@ -264,13 +264,15 @@ def extract_features(trace: Trace, opts: DynamicsOptions | None = None) -> RunFe
         return RunFeatures(run_id, steps, None, np.zeros((0, 0)), (), findings)
     cols = _matrix_features({k: v[hook] for k, v in rec.items()}, steps, opts)
     cols.update(_global_features(trace, rec, steps, opts, findings))
-    names = []
+    names = [f for f in wanted if not np.isnan(cols[f]).all()]
+    by_reason: dict[str, list[str]] = {}
     for f in wanted:
-        v = cols[f]
-        if np.isnan(v).all():
-            findings.append(_warn("dynamics-feature-missing", f"{trace.path}: feature '{f}' dropped: {_why_missing(f)}", metric=f))
-        else:
-            names.append(f)
+        if f not in names:
+            by_reason.setdefault(_why_missing(f), []).append(f)
+    for why, feats in by_reason.items():
+        listed = ", ".join(f"'{f}'" for f in feats)
+        findings.append(_warn("dynamics-feature-missing", f"{trace.path}: feature{'s' if len(feats) > 1 else ''} {listed} dropped: {why}",
+                              metric=",".join(feats), value=float(len(feats))))  # fmt: skip
     values = np.stack([cols[f] for f in names], axis=1) if names else np.zeros((len(steps), 0))
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():

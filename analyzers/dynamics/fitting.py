@@ -41,7 +41,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class FitIssue:
-    """A problem met while fitting one restart: ``kind`` is 'not-converged', 'degenerate' or 'warning'."""
+    """A problem met while fitting one restart.
+
+    ``kind`` is 'not-converged', 'degenerate', 'rounding' (the log-likelihood fell by less
+    than tol: EM rounding, reported by hmmlearn as not converging) or 'warning'.
+    """
 
     k: int
     restart: int
@@ -268,6 +272,13 @@ def _fit_once(x: np.ndarray, lengths: list[int], k: int, cov: str, n_iter: int, 
         logger.removeHandler(handler)
         logger.propagate = old_propagate
     issues.extend((_classify(m), m) for m in handler.messages)
+    if model is not None and any(kind == "not-converged" for kind, _ in issues):
+        # hmmlearn reports any decrease of the log-likelihood beyond sqrt(eps); a drop
+        # smaller than tol is rounding in EM, not a failure to converge.
+        hist = np.asarray(model.monitor_.history, dtype=np.float64)
+        drop = float(-np.min(np.diff(hist))) if hist.size >= 2 else 0.0
+        if drop <= tol:
+            issues = [("rounding" if kind == "not-converged" else kind, msg) for kind, msg in issues]
     if model is not None:
         params = [model.startprob_, model.transmat_, model.means_, model._covars_]
         if any(not np.all(np.isfinite(p)) for p in params):

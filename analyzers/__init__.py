@@ -11,7 +11,7 @@ Example:
     >>> report.results["dead"].figure("dead_fraction")
 """
 
-from .base import Analyzer, AnalyzerResult, Needs, NotApplicable, Param
+from .base import Analyzer, AnalyzerResult, Needs, NotApplicable, Param, RecordConsumer, StreamingAnalyzer
 from .pipeline import Report, Skipped, run
 from .registry import GROUP, PluginLoadError, entries, get, names, refresh
 
@@ -20,6 +20,8 @@ __all__ = [
     "Report",
     "Skipped",
     "Analyzer",
+    "StreamingAnalyzer",
+    "RecordConsumer",
     "AnalyzerResult",
     "Needs",
     "NotApplicable",

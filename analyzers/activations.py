@@ -17,14 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from tracefmt import Trace
 from tracefmt.findings import Finding
 
-from .base import Analyzer, AnalyzerResult, Needs, Param
+from .base import AnalyzerResult, Needs, Param, RecordConsumer, StreamingAnalyzer
 from .scan import node_table, profile, training_phases
-from .series import BucketHistograms, LayerSeries, StepGrid, collect_series, column_f64, histogram_blocks
+from .series import BucketHistograms, BucketStats, HistBlock, LayerSeries, StepGrid
 
 __all__ = ["ActivationsAnalyzer", "BOUNDED_OPS", "saturation_rms", "saturated_fraction_bound"]
 
@@ -65,7 +64,7 @@ def saturated_fraction_bound(rms: float, level: float) -> float:
     return float(max(0.0, 1.0 - (1.0 - rms**2) / (1.0 - level**2)))
 
 
-class ActivationsAnalyzer(Analyzer):
+class ActivationsAnalyzer(StreamingAnalyzer):
     """Per-layer telemetry, colorful dimension, saturation of bounded activations, rising crash."""
 
     name = "activations"
@@ -79,37 +78,70 @@ class ActivationsAnalyzer(Analyzer):
         Param("crash_drop", 0.2, "... then falls to at most this fraction of that peak"),
         Param("max_buckets", 512, "step buckets kept per series for the telemetry"),
         Param("hist_buckets", 128, "step columns kept per layer for the colorful dimension"),
+        Param("hist_samples", 8, "colorful dimension: steps summed per column (the first ones of each column's step range)"),
         Param("max_layers", 16, "layers drawn in the colorful-dimension figure"),
     )
 
-    def analyze(self, trace: Trace, params: dict[str, Any]) -> AnalyzerResult:
-        """Analyze activation health of ``trace``."""
+    def consumer(self, trace: Trace, params: dict[str, Any]) -> _ActivationsConsumer:
+        """The streaming part of the analysis (one pass shared with other analyzers)."""
+        return _ActivationsConsumer(trace, params)
+
+
+class _ActivationsConsumer(RecordConsumer):
+    columns = ("mean", "std", "nan_count", "inf_count", "hist_scheme", "hist_lo", "hist_hi", "hist_counts")
+
+    def __init__(self, trace: Trace, params: dict[str, Any]) -> None:
+        self.trace = trace
+        self.params = params
         prof = profile(trace)
-        nodes = node_table(trace)
-        phases = training_phases(prof)
-        span = prof.steps(phases)
+        self.phases = training_phases(prof)
+        span = prof.steps(self.phases)
+        self.grid = StepGrid(*span, max_buckets=int(params["max_buckets"])) if span else None
+        self.stats = BucketStats(self.grid, ["mean", "std"]) if self.grid else None
+        self.hists = BucketHistograms(StepGrid(*span, max_buckets=int(params["hist_buckets"]))) if span else None
+        self.samples = max(1, int(params["hist_samples"]))
+        self.index: Any = None
+
+    def consume(self, view: Any) -> None:
+        if self.stats is None:
+            return
+        self.index = view.index
+        rows = view.rows(kinds=("activation",), phases=self.phases)
+        if rows is not None and not len(rows):
+            return
+        values = {"mean": view.f64("mean"), "std": view.f64("std")}
+        # Statistics of tensors holding NaN/Inf describe the damage (see gradients' NaN origin).
+        broken = (view.f64("nan_count") > 0) | (view.f64("inf_count") > 0)
+        if broken.any():
+            values = {k: np.where(broken, np.nan, v) for k, v in values.items()}
+        sid, steps = view.sid, view.steps
+        if rows is not None:
+            sid, steps, values = sid[rows], steps[rows], {k: v[rows] for k, v in values.items()}
+        self.stats.add(sid, steps, values)
+        selected = None
+        if rows is not None:
+            selected = np.zeros(view.num_rows, dtype=bool)
+            selected[rows] = True
+        hgrid = self.hists.grid
+        if hgrid.width > self.samples:
+            # A column of the picture sums the first `hist_samples` steps of its range: the
+            # cost is bounded by the picture's size, not by the length of the run.
+            sampled = (view.steps - hgrid.first) % hgrid.width < self.samples
+            selected = sampled if selected is None else selected & sampled
+        for block in view.hist_blocks():
+            if selected is not None:
+                keep = selected[block.rows]
+                if not keep.all():
+                    block = HistBlock(block.rows[keep], block.counts[keep], block.key)
+            if len(block.rows):
+                self.hists.add(view.sid, view.steps, block)
+
+    def finish(self) -> AnalyzerResult:
         result = AnalyzerResult()
-        if span is None:
+        if self.stats is None or self.index is None:
             return result
-        grid = StepGrid(*span, max_buckets=int(params["max_buckets"]))
-        hgrid = StepGrid(*span, max_buckets=int(params["hist_buckets"]))
-        hists = BucketHistograms(hgrid)
-
-        def metrics(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
-            out = {"mean": column_f64(batch, "mean"), "std": column_f64(batch, "std")}
-            # Statistics of tensors holding NaN/Inf describe the damage (see gradients' NaN origin).
-            broken = (batch.column("nan_count").to_numpy() > 0) | (batch.column("inf_count").to_numpy() > 0)
-            if broken.any():
-                out = {k: np.where(broken, np.nan, v) for k, v in out.items()}
-            return out
-
-        def on_batch(batch: pa.RecordBatch, sid: np.ndarray) -> None:
-            steps = batch.column("step").to_numpy()
-            for block in histogram_blocks(batch):
-                hists.add(sid, steps, block)
-
-        cols = ["mean", "std", "nan_count", "inf_count", "hist_scheme", "hist_lo", "hist_hi", "hist_counts"]
-        series = collect_series(trace, grid=grid, columns=cols, metrics=metrics, on_batch=on_batch, kinds=["activation"], phases=phases)
+        params, nodes, grid, hists = self.params, node_table(self.trace), self.grid, self.hists
+        series = LayerSeries(self.index, self.stats)
         mean, std = series.mean("mean"), series.mean("std")
         labels = [_label(nodes, k) for k in series.keys]
         result.data["steps"] = grid.starts.tolist()
@@ -117,8 +149,9 @@ class ActivationsAnalyzer(Analyzer):
         result.findings += _saturation(series, mean, std, nodes, params, result)
         result.findings += _rising_crash(series, std, nodes, params)
         result.figures["telemetry"] = lambda: _plot_telemetry(series, mean, std, labels)
-        if hists.sums:
-            result.figures["colorful_dimension"] = lambda: _plot_colorful(hists, series, labels, int(params["max_layers"]))
+        if hists.binning:
+            hist_labels = {sid: _label(nodes, self.index.keys[sid]) for sid in hists.binning}
+            result.figures["colorful_dimension"] = lambda: _plot_colorful(hists, hist_labels, int(params["max_layers"]))
         return result
 
 
@@ -207,10 +240,11 @@ def _plot_telemetry(series: LayerSeries, mean: np.ndarray, std: np.ndarray, labe
     return fig
 
 
-def _plot_colorful(hists: BucketHistograms, series: LayerSeries, labels: list[str], max_layers: int) -> Any:
+def _plot_colorful(hists: BucketHistograms, labels: dict[int, str], max_layers: int) -> Any:
     from .figures import SEQUENTIAL_CMAP, new_figure, short_label
 
-    sids = sorted(hists.sums)[:max_layers]
+    sums = hists.sums
+    sids = sorted(sums)[:max_layers]
     ncols = min(4, len(sids))
     nrows = -(-len(sids) // ncols)
     fig, axes = new_figure(nrows=nrows, ncols=ncols, width=3 * ncols, height=2.2 * nrows, squeeze=False)
@@ -218,7 +252,7 @@ def _plot_colorful(hists: BucketHistograms, series: LayerSeries, labels: list[st
     for ax in axes.flat[len(sids):]:
         ax.set_visible(False)
     for ax, sid in zip(axes.flat, sids):
-        counts = hists.sums[sid]
+        counts = sums[sid]
         edges = np.asarray(_edges(hists.binning[sid]))
         ax.imshow(np.log1p(counts.T), aspect="auto", origin="lower", cmap=SEQUENTIAL_CMAP, interpolation="nearest",
                   extent=(grid.first, grid.last + 1, 0, counts.shape[1]))  # fmt: skip

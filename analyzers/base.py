@@ -19,7 +19,7 @@ from tracefmt.findings import Finding
 if TYPE_CHECKING:
     from tracefmt import Trace
 
-__all__ = ["Analyzer", "AnalyzerResult", "Needs", "Param", "NotApplicable"]
+__all__ = ["Analyzer", "StreamingAnalyzer", "RecordConsumer", "AnalyzerResult", "Needs", "Param", "NotApplicable"]
 
 
 class NotApplicable(Exception):
@@ -108,3 +108,42 @@ class Analyzer(ABC):
     def analyze_runs(self, traces: list[Trace], params: dict[str, Any]) -> AnalyzerResult:
         """Analyze several runs together (only for ``multi_run`` analyzers)."""
         raise NotImplementedError(f"analyzer {self.name!r} analyzes one run at a time")
+
+
+class RecordConsumer(ABC):
+    """One analyzer's share of the pipeline's single pass over the records.
+
+    The pipeline reads the records once for every streaming analyzer, with the union of
+    their :attr:`columns`, and hands each batch to :meth:`consume` as a
+    :class:`tracefmt.analyzers.scan.RecordView`; :meth:`finish` then builds the result.
+    """
+
+    #: Record columns read (``step``, ``phase``, ``node_id``, ``kind`` and ``slot`` always are).
+    columns: tuple[str, ...] = ()
+
+    @abstractmethod
+    def consume(self, view: Any) -> None:
+        """Accumulate one batch of records."""
+
+    @abstractmethod
+    def finish(self) -> AnalyzerResult:
+        """The analyzer's result once every batch was consumed."""
+
+
+class StreamingAnalyzer(Analyzer):
+    """An analyzer that reads the records through the pipeline's shared single pass.
+
+    Implement :meth:`consumer`; :meth:`analyze` (a run on its own) drives it over one scan.
+    """
+
+    @abstractmethod
+    def consumer(self, trace: Trace, params: dict[str, Any]) -> RecordConsumer:
+        """A fresh consumer for ``trace`` (may raise :class:`NotApplicable`)."""
+
+    def analyze(self, trace: Trace, params: dict[str, Any]) -> AnalyzerResult:
+        """Analyze ``trace`` alone: one scan feeding this analyzer's consumer."""
+        from .scan import shared_pass
+
+        consumer = self.consumer(trace, params)
+        shared_pass(trace, [consumer])
+        return consumer.finish()

@@ -20,9 +20,9 @@ import pyarrow.compute as pc
 from tracefmt import Trace
 from tracefmt.findings import Finding
 
-from .base import Analyzer, AnalyzerResult, Needs, Param
+from .base import AnalyzerResult, Needs, Param, RecordConsumer, StreamingAnalyzer
 from .scan import node_table, profile, training_phases
-from .series import LayerSeries, StepGrid, collect_series, column_f64, finite_count, histogram_blocks
+from .series import BucketStats, LayerSeries, StepGrid, finite_count
 
 __all__ = ["DeadAnalyzer", "near_zero_mask", "is_rectifier"]
 
@@ -49,7 +49,7 @@ def near_zero_mask(bin_edges: np.ndarray, scheme: str, near_zero: float) -> np.n
     return mask if mask.any() else None
 
 
-class DeadAnalyzer(Analyzer):
+class DeadAnalyzer(StreamingAnalyzer):
     """Dead layers (near-zero/exact-zero fraction), dead units (never positive), constant outputs."""
 
     name = "dead"
@@ -65,66 +65,101 @@ class DeadAnalyzer(Analyzer):
         Param("max_buckets", 512, "step buckets kept per series (bounds memory on long runs)"),
     )
 
-    def analyze(self, trace: Trace, params: dict[str, Any]) -> AnalyzerResult:
-        """Analyze ``trace`` for dead layers and units."""
+    def consumer(self, trace: Trace, params: dict[str, Any]) -> _DeadConsumer:
+        """The streaming part of the analysis (one pass shared with other analyzers)."""
+        return _DeadConsumer(trace, params)
+
+
+def _bin_selector(mask: np.ndarray | None) -> slice | np.ndarray | None:
+    """A slice when the selected bins are contiguous (no copy when summing), else the mask."""
+    if mask is None:
+        return None
+    on = np.flatnonzero(mask)
+    return slice(int(on[0]), int(on[-1]) + 1) if on[-1] - on[0] + 1 == len(on) else mask
+
+
+class _DeadConsumer(RecordConsumer):
+    columns = ("numel", "nan_count", "inf_count", "zero_count", "mean", "std", "l2", "max", "hist_scheme", "hist_lo", "hist_hi", "hist_counts", "channel_pos_frac")
+
+    def __init__(self, trace: Trace, params: dict[str, Any]) -> None:
+        self.trace = trace
+        self.params = params
         prof = profile(trace)
-        nodes = node_table(trace)
-        phases = training_phases(prof)
-        span = prof.steps(phases)
+        self.phases = training_phases(prof)
+        span = prof.steps(self.phases)
+        self.grid = StepGrid(*span, max_buckets=int(params["max_buckets"])) if span else None
+        self.stats = BucketStats(self.grid, ["dead", "zero", "mean", "std", "l2", "max"]) if self.grid else None
+        if self.grid is not None:
+            self.w0 = min(self.grid.size - 1, int(np.floor(self.grid.size * (1.0 - float(params["window"])))))
+            self.window_start = int(self.grid.start(self.w0))
+        self.near_zero = float(params["near_zero"])
+        self.unit_max: dict[int, np.ndarray] = {}
+        self.masks: dict[tuple, slice | np.ndarray | None] = {}
+        self.index: Any = None
+
+    def consume(self, view: Any) -> None:
+        if self.stats is None:
+            return
+        self.index = view.index
+        rows = view.rows(kinds=("activation",), phases=self.phases)
+        if rows is not None and not len(rows):
+            return
+        n = finite_count(view)
+        numel = view.f64("numel")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            zero = np.where(numel > 0, view.f64("zero_count") / np.where(numel > 0, numel, 1), np.nan)
+        near = np.full(view.num_rows, np.nan)
+        for block in view.hist_blocks():
+            if block.key not in self.masks:
+                self.masks[block.key] = _bin_selector(near_zero_mask(block.edges(), block.key[0], self.near_zero))
+            sel = self.masks[block.key]
+            if sel is not None:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    near[block.rows] = block.counts[:, sel].sum(axis=1) / np.where(n[block.rows] > 0, n[block.rows], np.nan)
+        dead = np.where(np.isnan(near), zero, np.fmax(near, zero))
+        values = {"dead": dead, "zero": zero, "mean": view.f64("mean"), "std": view.f64("std"), "l2": view.f64("l2"), "max": view.f64("max")}
+        # Once NaN/Inf appear the statistics describe the damage, not the layer: the
+        # gradients analyzer reports the NaN origin, this one judges finite outputs only.
+        broken = n < numel
+        if broken.any():
+            values = {k: np.where(broken, np.nan, v) for k, v in values.items()}
+        sid, steps = view.sid, view.steps
+        if rows is not None:
+            sid, steps, values = sid[rows], steps[rows], {k: v[rows] for k, v in values.items()}
+        self.stats.add(sid, steps, values)
+        if "channel_pos_frac" in view.batch.schema.names:
+            self._units(view, rows, broken)
+
+    def _units(self, view: Any, rows: np.ndarray | None, broken: np.ndarray) -> None:
+        col = view.batch.column("channel_pos_frac")
+        if col.null_count == view.num_rows:
+            return
+        keep = col.is_valid().to_numpy(zero_copy_only=False) & (view.steps >= self.window_start) & ~broken
+        if rows is not None:
+            sel = np.zeros(view.num_rows, dtype=bool)
+            sel[rows] = True
+            keep &= sel
+        if not keep.any():
+            return
+        ids = view.batch.column("node_id").to_numpy()
+        for nid in np.unique(ids[keep]).tolist():
+            at = np.flatnonzero(keep & (ids == nid))
+            vals = col.take(pa.array(at))
+            lengths = pc.list_value_length(vals).to_numpy(zero_copy_only=False)
+            flat = pc.list_flatten(vals).to_numpy(zero_copy_only=False)
+            if not len(lengths) or (lengths != lengths[0]).any():
+                continue
+            m = flat.reshape(len(at), lengths[0]).max(axis=0)
+            prev = self.unit_max.get(nid)
+            self.unit_max[nid] = m if prev is None or len(prev) != len(m) else np.maximum(prev, m)
+
+    def finish(self) -> AnalyzerResult:
         result = AnalyzerResult()
-        if span is None:
+        if self.stats is None or self.index is None:
             return result
-        grid = StepGrid(*span, max_buckets=int(params["max_buckets"]))
-        w0 = min(grid.size - 1, int(np.floor(grid.size * (1.0 - float(params["window"])))))
-        window_start = int(grid.start(w0))
-        near_zero = float(params["near_zero"])
-        unit_max: dict[int, np.ndarray] = {}
-        masks: dict[tuple, np.ndarray | None] = {}
-
-        def metrics(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
-            n = finite_count(batch)
-            numel = batch.column("numel").to_numpy().astype(np.float64)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                zero = np.where(numel > 0, batch.column("zero_count").to_numpy() / np.where(numel > 0, numel, 1), np.nan)
-            near = np.full(batch.num_rows, np.nan)
-            for block in histogram_blocks(batch):
-                if block.key not in masks:
-                    masks[block.key] = near_zero_mask(block.edges(), block.key[0], near_zero)
-                mask = masks[block.key]
-                if mask is not None:
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        near[block.rows] = block.counts[:, mask].sum(axis=1) / np.where(n[block.rows] > 0, n[block.rows], np.nan)
-            dead = np.where(np.isnan(near), zero, np.fmax(near, zero))
-            out = {"dead": dead, "zero": zero, "mean": column_f64(batch, "mean"), "std": column_f64(batch, "std"), "l2": column_f64(batch, "l2"), "max": column_f64(batch, "max")}
-            # Once NaN/Inf appear the statistics describe the damage, not the layer: the
-            # gradients analyzer reports the NaN origin, this one judges finite outputs only.
-            broken = n < numel
-            if broken.any():
-                out = {k: np.where(broken, np.nan, v) for k, v in out.items()}
-            return out
-
-        def units(batch: pa.RecordBatch, sid: np.ndarray) -> None:
-            col = batch.column("channel_pos_frac")
-            if col.null_count == batch.num_rows:
-                return
-            finite = (batch.column("nan_count").to_numpy() == 0) & (batch.column("inf_count").to_numpy() == 0)
-            keep = col.is_valid().to_numpy(zero_copy_only=False) & (batch.column("step").to_numpy() >= window_start) & finite
-            if not keep.any():
-                return
-            ids = batch.column("node_id").to_numpy()
-            for nid in np.unique(ids[keep]).tolist():
-                rows = np.flatnonzero(keep & (ids == nid))
-                vals = col.take(pa.array(rows))
-                lengths = pc.list_value_length(vals).to_numpy(zero_copy_only=False)
-                flat = pc.list_flatten(vals).to_numpy(zero_copy_only=False)
-                if not len(lengths) or (lengths != lengths[0]).any():
-                    continue
-                m = flat.reshape(len(rows), lengths[0]).max(axis=0)
-                prev = unit_max.get(nid)
-                unit_max[nid] = m if prev is None or len(prev) != len(m) else np.maximum(prev, m)
-
-        cols = ["numel", "nan_count", "inf_count", "zero_count", "mean", "std", "l2", "max", "hist_scheme", "hist_lo", "hist_hi", "hist_counts", "channel_pos_frac"]
-        series = collect_series(trace, grid=grid, columns=cols, metrics=metrics, on_batch=units, kinds=["activation"], phases=phases)
+        trace, params, grid, w0, window_start, unit_max = self.trace, self.params, self.grid, self.w0, self.window_start, self.unit_max
+        nodes = node_table(trace)
+        series = LayerSeries(self.index, self.stats)
         frac = series.mean("dead")
         result.data["dead_fraction"] = {_name(nodes, k[0]) + (f":{k[2]}" if k[2] not in ("", "0") else ""): frac[i].tolist() for i, k in enumerate(series.keys)}
         result.data["steps"] = grid.starts.tolist()
@@ -244,7 +279,7 @@ def _dead_units(unit_max: dict, series: LayerSeries, w0: int, nodes: dict, dead_
 def _constant_outputs(series: LayerSeries, w0: int, nodes: dict, dead_nodes: set[int], params: dict, window_start: int, later: Any) -> list[Finding]:
     out = []
     rtol = float(params["constant_rtol"])
-    count = series.stats.count["mean"][: len(series.keys), w0:]
+    count = series.count("mean")[:, w0:]
     spans = {}
     for metric in ("mean", "std", "l2"):
         lo = series.extreme(metric, "min")[:, w0:]

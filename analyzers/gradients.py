@@ -21,10 +21,10 @@ import numpy as np
 from tracefmt import Trace
 from tracefmt.findings import Finding
 
-from .base import Analyzer, AnalyzerResult, Needs, Param
-from .nan_origin import NanOrigin, find_nan_origin
+from .base import AnalyzerResult, Needs, Param, RecordConsumer, StreamingAnalyzer
+from .nan_origin import NanOrigin, NanTracker
 from .scan import node_table, profile, training_phases
-from .series import LayerSeries, StepGrid, collect_series, column_f64, nanmedian_rows, rms
+from .series import BucketStats, LayerSeries, StepGrid, nanmedian_rows, rms
 
 __all__ = ["GradientsAnalyzer"]
 
@@ -38,7 +38,7 @@ def _is_weight_slot(slot: str) -> bool:
     return "bias" not in slot and not slot.startswith("all:")
 
 
-class GradientsAnalyzer(Analyzer):
+class GradientsAnalyzer(StreamingAnalyzer):
     """Vanishing/exploding gradients per layer and across depth, update/weight ratio, NaN origin."""
 
     name = "gradients"
@@ -55,28 +55,50 @@ class GradientsAnalyzer(Analyzer):
         Param("max_buckets", 512, "step buckets kept per series (bounds memory on long runs)"),
     )
 
-    def analyze(self, trace: Trace, params: dict[str, Any]) -> AnalyzerResult:
-        """Analyze gradient health of ``trace``."""
+    def consumer(self, trace: Trace, params: dict[str, Any]) -> _GradientsConsumer:
+        """The streaming part of the analysis (one pass shared with other analyzers)."""
+        return _GradientsConsumer(trace, params)
+
+
+class _GradientsConsumer(RecordConsumer):
+    columns = ("numel", "nan_count", "inf_count", "l2", "call", "seq")
+
+    def __init__(self, trace: Trace, params: dict[str, Any]) -> None:
+        self.trace = trace
+        self.params = params
         prof = profile(trace)
-        nodes = node_table(trace)
-        phases = training_phases(prof)
-        span = prof.steps(phases)
+        self.phases = training_phases(prof)
+        span = prof.steps(self.phases)
+        self.grid = StepGrid(*span, max_buckets=int(params["max_buckets"])) if span else None
+        self.stats = BucketStats(self.grid, ["rms", "l2"]) if self.grid else None
+        self.nan = NanTracker()
+        self.index: Any = None
+
+    def consume(self, view: Any) -> None:
+        self.index = view.index
+        self.nan.consume(view)
+        if self.stats is None:
+            return
+        rows = view.rows(kinds=(*_GRAD_KINDS, *_WEIGHT_KINDS), phases=self.phases)
+        values = {"rms": rms(view), "l2": view.f64("l2")}
+        sid, steps = view.sid, view.steps
+        if rows is not None:
+            if not len(rows):
+                return
+            sid, steps, values = sid[rows], steps[rows], {k: v[rows] for k, v in values.items()}
+        self.stats.add(sid, steps, values)
+
+    def finish(self) -> AnalyzerResult:
+        params, grid = self.params, self.grid
+        nodes = node_table(self.trace)
         result = AnalyzerResult()
-        origin = find_nan_origin(trace)
+        origin = self.nan.origin(self.trace)
         if origin is not None:
             result.findings.append(_origin_finding(origin, nodes))
             result.data["nan_origin"] = origin.__dict__
-        if span is None:
+        if self.stats is None or self.index is None:
             return result
-        grid = StepGrid(*span, max_buckets=int(params["max_buckets"]))
-        series = collect_series(
-            trace,
-            grid=grid,
-            columns=["numel", "nan_count", "inf_count", "l2"],
-            metrics=lambda b: {"rms": rms(b), "l2": column_f64(b, "l2")},
-            kinds=[*_GRAD_KINDS, *_WEIGHT_KINDS],
-            phases=phases,
-        )
+        series = LayerSeries(self.index, self.stats)
         depth = _depth_profile(series, nodes)
         result.data["depth"] = depth
         result.findings += _depth_findings(depth, nodes, params, grid)

@@ -14,13 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.compute as pc
 
 from tracefmt import Trace
 
-from .scan import node_table, scan_records
+from .scan import node_table
 
-__all__ = ["NanOrigin", "find_nan_origin", "PHASE_ORDER", "KIND_ORDER"]
+__all__ = ["NanOrigin", "NanTracker", "find_nan_origin", "PHASE_ORDER", "KIND_ORDER"]
 
 #: Phases in the order they run within a step.
 PHASE_ORDER = {"train": 0, "eval": 1, "infer": 2}
@@ -59,28 +58,51 @@ class NanOrigin:
     last_step: int
 
 
-def find_nan_origin(trace: Trace) -> NanOrigin | None:
-    """Find the NaN/Inf origin of ``trace`` (one filtered scan, every kind and phase), or None."""
-    where = (pc.field("nan_count") > 0) | (pc.field("inf_count") > 0)
-    best: tuple[int, int] | None = None
-    rows: list[dict] = []
-    last_step = None
-    for batch in scan_records(trace, columns=_COLUMNS, where=where):
-        steps = batch.column("step").to_numpy()
-        phase_rank = np.array([PHASE_ORDER.get(p, 3) for p in batch.column("phase").to_pylist()])
-        bmax = int(steps.max())
-        last_step = bmax if last_step is None else max(last_step, bmax)
+class NanTracker:
+    """Streaming search for the NaN/Inf origin: keeps only the bad records of the first bad step."""
+
+    columns = ("nan_count", "inf_count", "call", "seq")
+
+    def __init__(self) -> None:
+        self.best: int | None = None  # step * 4 + phase rank
+        self.rows: list[dict] = []
+        self.last_step: int | None = None
+
+    def consume(self, view: object) -> None:
+        """Look at one record view (see :class:`tracefmt.analyzers.scan.RecordView`)."""
+        bad = (view.f64("nan_count") > 0) | (view.f64("inf_count") > 0)
+        if not bad.any():
+            return
+        idx = np.flatnonzero(bad)
+        batch = view.batch.take(idx)
+        steps = view.steps[idx]
+        phase_rank = np.array([PHASE_ORDER.get(p, 3) for p in batch.column("phase").to_pylist()], dtype=np.int64)
+        self.last_step = int(steps.max()) if self.last_step is None else max(self.last_step, int(steps.max()))
         key = steps * 4 + phase_rank
         kmin = int(key.min())
-        if best is not None and kmin > best[0] * 4 + best[1]:
-            continue
-        if best is None or kmin < best[0] * 4 + best[1]:
-            best = (kmin // 4, kmin % 4)
-            rows = []
-        rows.extend(batch.filter(key == kmin).to_pylist())
-    if best is None:
-        return None
-    nodes = node_table(trace)
+        if self.best is not None and kmin > self.best:
+            return
+        if self.best is None or kmin < self.best:
+            self.best, self.rows = kmin, []
+        self.rows.extend(batch.filter(key == kmin).select(_COLUMNS).to_pylist())
+
+    def origin(self, trace: Trace) -> NanOrigin | None:
+        """The origin found, ordered by execution within its step, or None."""
+        if self.best is None:
+            return None
+        return _earliest(self.rows, node_table(trace), int(self.last_step))
+
+
+def find_nan_origin(trace: Trace) -> NanOrigin | None:
+    """Find the NaN/Inf origin of ``trace`` (one scan of every kind and phase), or None."""
+    from .scan import shared_pass
+
+    tracker = NanTracker()
+    shared_pass(trace, [tracker])
+    return tracker.origin(trace)
+
+
+def _earliest(rows: list[dict], nodes: dict, last_step: int) -> NanOrigin:
     order = nodes["order"]
     size = len(order)
 
@@ -109,5 +131,5 @@ def find_nan_origin(trace: Trace) -> NanOrigin | None:
         inf_count=int(first["inf_count"]),
         bad_records=len(rows),
         bad_nodes=len({r["node_id"] for r in rows}),
-        last_step=int(last_step),
+        last_step=last_step,
     )

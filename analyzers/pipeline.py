@@ -22,9 +22,9 @@ from tracefmt.errors import UsageError
 from tracefmt.findings import Finding, findings_table, worst_severity
 
 from . import registry
-from .base import Analyzer, AnalyzerResult, Needs, NotApplicable
+from .base import Analyzer, AnalyzerResult, Needs, NotApplicable, RecordConsumer, StreamingAnalyzer
 from .params import resolve_params
-from .scan import column_has_values, profile, progress_to
+from .scan import column_has_values, profile, progress_to, shared_pass
 
 __all__ = ["Report", "Skipped", "run", "unmet_need", "open_traces"]
 
@@ -224,42 +224,64 @@ def run(
             report.skipped_list.append(Skipped(name, str(exc)))
     report.params = resolve_params(classes, params, known=registry.names())
     several = len(traces) > 1
+    analyzers = {name: cls() for name, cls in classes.items()}
     with progress_to(progress):
-        for name, cls in classes.items():
-            analyzer = cls()
-            p = dict(report.params[name])
-            if cls.multi_run:
-                usable = []
-                for trace in traces:
-                    reason = unmet_need(trace, cls.needs)
-                    if reason is None:
-                        usable.append(trace)
-                    else:
-                        report.skipped_list.append(Skipped(name, reason, _label(trace)))
-                if usable:
-                    try:
-                        result = analyzer.analyze_runs(usable, p)
-                    except NotApplicable as exc:
-                        report.skipped_list.append(Skipped(name, str(exc)))
-                        continue
-                    report.results[name] = result
-                    report.findings_list.extend(_fill(result.findings, name))
-                continue
-            for i, trace in enumerate(traces):
-                reason = unmet_need(trace, cls.needs)
-                if reason is not None:
-                    report.skipped_list.append(Skipped(name, reason, _label(trace)))
-                    continue
-                try:
-                    result = analyzer.analyze(trace, p)
-                except NotApplicable as exc:
-                    report.skipped_list.append(Skipped(name, str(exc), _label(trace)))
-                    continue
+        for i, trace in enumerate(traces):
+            label = _label(trace) if several else None
+            results = _run_single(trace, {n: a for n, a in analyzers.items() if not a.multi_run}, report)
+            for name, result in results.items():
                 report.per_trace[i][name] = result
                 if not several:
                     report.results[name] = result
-                report.findings_list.extend(_tag(_fill(result.findings, name), _label(trace) if several else None))
+                report.findings_list.extend(_tag(_fill(result.findings, name), label))
+        for name, analyzer in analyzers.items():
+            if not analyzer.multi_run:
+                continue
+            usable = []
+            for trace in traces:
+                reason = unmet_need(trace, analyzer.needs)
+                if reason is None:
+                    usable.append(trace)
+                else:
+                    report.skipped_list.append(Skipped(name, reason, _label(trace)))
+            if not usable:
+                continue
+            try:
+                result = analyzer.analyze_runs(usable, dict(report.params[name]))
+            except NotApplicable as exc:
+                report.skipped_list.append(Skipped(name, str(exc)))
+                continue
+            report.results[name] = result
+            report.findings_list.extend(_fill(result.findings, name))
     return report
+
+
+def _run_single(trace: Trace, analyzers: dict[str, Analyzer], report: Report) -> dict[str, AnalyzerResult]:
+    """Run single-run analyzers on one trace; streaming ones share one pass over the records."""
+    consumers: dict[str, RecordConsumer] = {}
+    direct: list[str] = []
+    for name, analyzer in analyzers.items():
+        reason = unmet_need(trace, analyzer.needs)
+        if reason is None and isinstance(analyzer, StreamingAnalyzer):
+            try:
+                consumers[name] = analyzer.consumer(trace, dict(report.params[name]))
+            except NotApplicable as exc:
+                reason = str(exc)
+        elif reason is None:
+            direct.append(name)
+        if reason is not None:
+            report.skipped_list.append(Skipped(name, reason, _label(trace)))
+    shared_pass(trace, list(consumers.values()))
+    out: dict[str, AnalyzerResult] = {}
+    for name in analyzers:
+        try:
+            if name in consumers:
+                out[name] = consumers[name].finish()
+            elif name in direct:
+                out[name] = analyzers[name].analyze(trace, dict(report.params[name]))
+        except NotApplicable as exc:
+            report.skipped_list.append(Skipped(name, str(exc), _label(trace)))
+    return out
 
 
 def _fill(findings: list[Finding], name: str) -> list[Finding]:

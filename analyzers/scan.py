@@ -1,10 +1,12 @@
-"""Streaming reads for analyzers: projected record scans, the trace profile and progress.
+"""Streaming reads for analyzers: the shared record pass, the trace profile and progress.
 
-Analyzers never load the records table whole: they stream record batches with only the
-columns they use (:func:`scan_records`), so memory stays bounded by the batch size and
-the analyzers' own per-layer summaries. The :class:`TraceProfile` (kinds, phases, step
-ranges, row count) is computed once per trace by one scan of three columns and shared by
-the pipeline's needs check and every analyzer.
+Analyzers never load the records table whole. Each built-in analyzer is a
+:class:`~tracefmt.analyzers.base.RecordConsumer` fed by :func:`shared_pass`: one scan of
+the records, with only the columns the consumers declared, hands every batch to every
+consumer as a :class:`RecordView` (series numbers, row selections and decoded columns
+computed once per batch and shared). Memory stays bounded by the batch size, Arrow's
+read-ahead and the analyzers' own per-layer summaries. The :class:`TraceProfile` (kinds,
+phases, step ranges, row count) comes from one cheap scan of three columns, once per trace.
 """
 
 from __future__ import annotations
@@ -23,8 +25,23 @@ import pyarrow.dataset as ds
 
 from tracefmt import Trace
 
-__all__ = ["TraceProfile", "profile", "scan_records", "training_phases", "progress_to", "column_has_values", "node_table"]
+from .series import HistBlock, SeriesIndex, column_f64, histogram_blocks
 
+__all__ = [
+    "TraceProfile",
+    "RecordView",
+    "profile",
+    "scan_records",
+    "shared_pass",
+    "training_phases",
+    "progress_to",
+    "column_has_values",
+    "node_table",
+    "BATCH_ROWS",
+]
+
+#: Rows per scanned batch: large enough to amortise per-batch work, small enough to bound memory.
+BATCH_ROWS = 131072
 _PROGRESS: ContextVar[Callable[[int], None] | None] = ContextVar("tracefmt_analyzer_progress", default=None)
 
 
@@ -72,6 +89,14 @@ class TraceProfile:
 _PROFILES: weakref.WeakKeyDictionary[Trace, TraceProfile] = weakref.WeakKeyDictionary()
 
 
+def _codes(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list]:
+    """Dictionary codes (int64) and the dictionary of a string column."""
+    enc = pc.dictionary_encode(col)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
+
+
 def profile(trace: Trace) -> TraceProfile:
     """The :class:`TraceProfile` of ``trace`` (computed once, then cached)."""
     cached = _PROFILES.get(trace)
@@ -83,16 +108,20 @@ def profile(trace: Trace) -> TraceProfile:
     if trace.has("records"):
         for batch in scan_records(trace, columns=["step", "phase", "kind"]):
             total += batch.num_rows
-            t = pa.Table.from_batches([batch])
-            for row in t.group_by(["phase", "kind"]).aggregate([("step", "min"), ("step", "max"), ("step", "count")]).to_pylist():
-                kinds[row["kind"]] = kinds.get(row["kind"], 0) + row["step_count"]
-                lo_hi = spans.setdefault(row["phase"], [row["step_min"], row["step_max"]])
-                lo_hi[0] = min(lo_hi[0], row["step_min"])
-                lo_hi[1] = max(lo_hi[1], row["step_max"])
+            steps = batch.column("step").to_numpy()
+            pcode, pdict = _codes(batch.column("phase"))
+            kcode, kdict = _codes(batch.column("kind"))
+            for k, n in zip(kdict, np.bincount(kcode, minlength=len(kdict)).tolist()):
+                kinds[k] = kinds.get(k, 0) + n
+            for i, p in enumerate(pdict):
+                s = steps[pcode == i] if len(pdict) > 1 else steps
+                if len(s):
+                    lo_hi = spans.setdefault(p, [int(s.min()), int(s.max())])
+                    lo_hi[0], lo_hi[1] = min(lo_hi[0], int(s.min())), max(lo_hi[1], int(s.max()))
     scalar_names: frozenset[str] = frozenset()
     if trace.has("scalars"):
         scalar_names = frozenset(pc.unique(trace.scalars.column("name")).to_pylist())
-    npred = trace.predictions.num_rows if trace.has("predictions") else 0
+    npred = sum(b.num_rows for b in trace.scan("predictions", columns=["step"])) if trace.has("predictions") else 0
     prof = TraceProfile(total, kinds, {k: (int(v[0]), int(v[1])) for k, v in spans.items()}, scalar_names, npred)
     _PROFILES[trace] = prof
     return prof
@@ -109,29 +138,32 @@ def scan_records(
     trace: Trace,
     *,
     columns: list[str],
-    batch_size: int = 131072,
+    batch_size: int = BATCH_ROWS,
     where: ds.Expression | None = None,
     **filters: Any,
 ) -> Iterator[pa.RecordBatch]:
-    """Stream record batches with only ``columns`` (filters as in :meth:`Trace.scan`).
+    """Stream record batches with only ``columns``, filters pushed down to Arrow.
 
     Args:
         trace: The trace.
         columns: Columns to read.
-        batch_size: Maximum rows per batch. Defaults to 131072.
+        batch_size: Maximum rows per batch. Defaults to :data:`BATCH_ROWS`.
         where: An extra dataset filter expression, evaluated by Arrow before any Python sees a row.
-        **filters: ``kinds``, ``phases``, ``nodes``, ``steps``, ``slots``, ``ranks``.
+        **filters: ``kinds``, ``phases``, ``nodes``, ``steps``, ``slots`` (as in
+            :meth:`tracefmt.Trace.scan`) and ``ranks``.
 
     Progress (rows per batch) goes to the callback installed with :func:`progress_to`.
     """
     callback = _PROGRESS.get()
-    if where is None:
-        batches = trace.scan("records", columns=columns, batch_size=batch_size, **filters)
-    else:
-        ranks = filters.pop("ranks", None)
-        expr = trace.filter_expression(**filters)
+    ranks = filters.pop("ranks", None)
+    expr = trace.filter_expression(**filters)
+    if where is not None:
         expr = where if expr is None else expr & where
-        batches = trace.dataset("records", ranks=ranks).to_batches(columns=columns, filter=expr, batch_size=batch_size)
+    batches = _ipc_batches(trace, columns, batch_size, ranks) if expr is None else None
+    if batches is None:
+        dataset = trace.dataset("records", ranks=ranks)
+        # Arrow reads ahead 16 batches by default; two keep memory bounded at no cost in speed.
+        batches = dataset.to_batches(columns=columns, filter=expr, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
     for batch in batches:
         if batch.num_rows:
             if callback is not None:
@@ -139,12 +171,135 @@ def scan_records(
             yield batch
 
 
+def _ipc_batches(trace: Trace, columns: list[str], batch_size: int, ranks: Any) -> Iterator[pa.RecordBatch] | None:
+    """Unfiltered scans of closed IPC segments, read directly: only the wanted columns' buffers.
+
+    A plain :class:`pyarrow.OSFile` read with ``IpcReadOptions(included_fields=...)`` is
+    several times faster than the dataset scanner over the same files and keeps only the
+    batch being read in memory (measured in bench/bench_analyze.py). Segments of any other
+    kind (Parquet, streams, a killed writer's file) return None: the dataset scanner reads them.
+    """
+    segs = [s for s in trace.segments("records") if ranks is None or s.rank in set(ranks)]
+    if not segs or any(s.format != "file" or not s.complete or s.schema is None for s in segs):
+        return None
+    schema = trace.dataset("records", ranks=ranks).schema
+    out_schema = pa.schema([schema.field(c) for c in columns])
+    return _read_segments(segs, out_schema, batch_size)
+
+
+def _read_segments(segs: list[Any], out_schema: pa.Schema, batch_size: int) -> Iterator[pa.RecordBatch]:
+    import pyarrow.ipc as ipc
+
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for seg in segs:
+        present = [c for c in out_schema.names if c in seg.schema.names]
+        fields = [seg.schema.get_field_index(c) for c in present]
+        with pa.OSFile(str(seg.path)) as src:
+            reader = ipc.open_file(src, options=ipc.IpcReadOptions(included_fields=sorted(fields), use_threads=False))
+            for i in range(reader.num_record_batches):
+                b = reader.get_batch(i)
+                arrays = [b.column(c) if c in present else pa.nulls(b.num_rows, out_schema.field(c).type) for c in out_schema.names]
+                b = pa.RecordBatch.from_arrays(arrays, schema=out_schema)
+                for start in range(0, b.num_rows, batch_size):
+                    part = b.slice(start, batch_size)
+                    if not pending and part.num_rows == batch_size:
+                        yield part
+                        continue
+                    pending.append(part)
+                    rows += part.num_rows
+                    if rows >= batch_size:
+                        # Small batches (one per flush) are merged: per-batch work is amortised.
+                        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+                        pending, rows = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+class RecordView:
+    """One scanned batch as every consumer sees it: columns decoded once and shared.
+
+    Attributes:
+        batch: The record batch.
+        sid: Per row, the number of its (node_id, kind, slot) series in :attr:`index`.
+        index: The series numbering shared by every consumer of the pass.
+        steps: The ``step`` column as int64.
+    """
+
+    def __init__(self, batch: pa.RecordBatch, index: SeriesIndex) -> None:
+        self.batch = batch
+        self.index = index
+        self.sid = index.ids(batch)
+        self.steps = batch.column("step").to_numpy()
+        self._f64: dict[str, np.ndarray] = {}
+        self._rows: dict[tuple, np.ndarray | None] = {}
+        self._phase: tuple[np.ndarray, list] | None = None
+        self._hist: list[HistBlock] | None = None
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the batch."""
+        return self.batch.num_rows
+
+    def f64(self, name: str) -> np.ndarray:
+        """A numeric column as float64 (NaN for nulls), decoded once per batch; do not modify."""
+        if name not in self._f64:
+            self._f64[name] = column_f64(self.batch, name)
+        return self._f64[name]
+
+    def rows(self, *, kinds: Sequence[str] | None = None, phases: Sequence[str] | None = None) -> np.ndarray | None:
+        """Row numbers of the given kinds and phases (None: every row)."""
+        key = (tuple(kinds) if kinds is not None else None, tuple(phases) if phases is not None else None)
+        if key in self._rows:
+            return self._rows[key]
+        mask: np.ndarray | None = None
+        if kinds is not None:
+            mask = self.index.kind_lut(kinds)[self.sid]
+        if phases is not None:
+            if self._phase is None:
+                self._phase = _codes(self.batch.column("phase"))
+            codes, names = self._phase
+            wanted = [i for i, p in enumerate(names) if p in phases]
+            if len(wanted) != len(names):
+                pm = np.isin(codes, wanted)
+                mask = pm if mask is None else mask & pm
+        out = None if mask is None or mask.all() else np.flatnonzero(mask)
+        self._rows[key] = out
+        return out
+
+    def hist_blocks(self) -> list[HistBlock]:
+        """The batch's histograms split by binning (computed once per batch)."""
+        if self._hist is None:
+            self._hist = histogram_blocks(self.batch) if "hist_counts" in self.batch.schema.names else []
+        return self._hist
+
+
+def shared_pass(trace: Trace, consumers: Sequence[Any]) -> None:
+    """Feed every record batch to every consumer, in one scan of the union of their columns.
+
+    Args:
+        trace: The trace.
+        consumers: Objects with ``columns`` (record columns they read) and ``consume(view)``.
+    """
+    if not consumers:
+        return
+    names = trace.records.schema.names
+    cols = ["step", "phase", "node_id", "kind", "slot"]
+    for c in consumers:
+        cols.extend(x for x in c.columns if x in names)
+    index = SeriesIndex()
+    for batch in scan_records(trace, columns=list(dict.fromkeys(cols))):
+        view = RecordView(batch, index)
+        for c in consumers:
+            c.consume(view)
+
+
 def column_has_values(trace: Trace, column: str, **filters: Any) -> bool:
     """True if ``column`` is non-null in at least one record (stops at the first one)."""
     if column not in trace.records.schema.names:
         return False
-    for batch in trace.scan("records", columns=[column], **filters):
-        if batch.num_rows and batch.column(0).null_count < batch.num_rows:
+    for batch in scan_records(trace, columns=[column], **filters):
+        if batch.column(0).null_count < batch.num_rows:
             return True
     return False
 

@@ -10,7 +10,7 @@ size and the bucket count, never by the trace's length; for runs shorter than
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,6 @@ __all__ = [
     "HistBlock",
     "LayerSeries",
     "histogram_blocks",
-    "collect_series",
     "column_f64",
     "finite_count",
     "rms",
@@ -79,57 +78,60 @@ def column_f64(batch: pa.RecordBatch, name: str) -> np.ndarray:
 
 
 class SeriesIndex:
-    """Dense numbering of the distinct (node_id, kind, slot)-style keys met in batches.
+    """Dense numbering of the distinct (node_id, kind, slot) series met in record batches."""
 
-    Args:
-        columns: The key columns: ``node_id`` (integer) and any string columns.
-    """
+    columns = ("node_id", "kind", "slot")
 
-    def __init__(self, columns: Sequence[str] = ("node_id", "kind", "slot")) -> None:
-        self.columns = tuple(columns)
-        self.keys: list[tuple] = []
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, str, str]] = []
         self._ids: dict[tuple, int] = {}
+        self._kind_luts: dict[tuple, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def ids(self, batch: pa.RecordBatch) -> np.ndarray:
         """The series number of every row of ``batch`` (new keys are numbered as met)."""
-        codes: list[np.ndarray] = []
-        values: list[list] = []
-        for name in self.columns:
-            col = batch.column(name)
-            if pa.types.is_integer(col.type):
-                arr = col.to_numpy(zero_copy_only=False)
-                uniq, inv = np.unique(arr, return_inverse=True)
-                codes.append(inv.astype(np.int64))
-                values.append(uniq.tolist())
-            else:
-                enc = pc.dictionary_encode(col)
-                if isinstance(enc, pa.ChunkedArray):
-                    enc = enc.combine_chunks()
-                codes.append(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64))
-                values.append(enc.dictionary.to_pylist())
-        combined = np.zeros(batch.num_rows, dtype=np.int64)
-        radix = 1
-        for c, v in zip(reversed(codes), reversed(values)):
-            combined += c * radix
-            radix *= max(1, len(v))
+        node = batch.column("node_id").to_numpy(zero_copy_only=False).astype(np.int64)
+        kc, kd = _dict_codes(batch.column("kind"))
+        sc, sd = _dict_codes(batch.column("slot"))
+        nk, ns = max(1, len(kd)), max(1, len(sd))
+        top = int(node.max()) + 1 if len(node) else 1
+        combined = (node * nk + kc) * ns + sc
+        if len(node) and node.min() >= 0 and top * nk * ns <= 1 << 22:
+            # Dense lookup: no sort, one pass (node ids are small, kinds and slots few).
+            present = np.flatnonzero(np.bincount(combined, minlength=top * nk * ns))
+            lut = np.empty(top * nk * ns, dtype=np.int64)
+            lut[present] = [self._id(int(c), nk, ns, kd, sd) for c in present.tolist()]
+            return lut[combined]
         present, inverse = np.unique(combined, return_inverse=True)
-        lut = np.empty(len(present), dtype=np.int64)
-        for i, code in enumerate(present.tolist()):
-            key = []
-            rest = code
-            for v in reversed(values):
-                key.append(v[rest % max(1, len(v))])
-                rest //= max(1, len(v))
-            key_t = tuple(reversed(key))
-            sid = self._ids.get(key_t)
-            if sid is None:
-                sid = self._ids[key_t] = len(self.keys)
-                self.keys.append(key_t)
-            lut[i] = sid
+        lut = np.array([self._id(int(c), nk, ns, kd, sd) for c in present.tolist()], dtype=np.int64)
         return lut[inverse]
+
+    def _id(self, code: int, nk: int, ns: int, kd: list, sd: list) -> int:
+        key = (code // (nk * ns), kd[(code // ns) % nk], sd[code % ns])
+        sid = self._ids.get(key)
+        if sid is None:
+            sid = self._ids[key] = len(self.keys)
+            self.keys.append(key)
+        return sid
+
+    def kind_lut(self, kinds: Sequence[str]) -> np.ndarray:
+        """Boolean per series number: is its kind one of ``kinds``."""
+        key = tuple(kinds)
+        lut = self._kind_luts.get(key)
+        if lut is None or len(lut) != len(self.keys):
+            wanted = set(kinds)
+            lut = np.array([k[1] in wanted for k in self.keys], dtype=bool)
+            self._kind_luts[key] = lut
+        return lut
+
+
+def _dict_codes(col: pa.Array) -> tuple[np.ndarray, list]:
+    enc = pc.dictionary_encode(col)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
 
 
 class BucketStats:
@@ -182,17 +184,23 @@ class BucketStats:
             np.minimum.at(self.min[m].reshape(-1), idx, vv)
             np.maximum.at(self.max[m].reshape(-1), idx, vv)
 
-    def mean(self, metric: str, n_series: int) -> np.ndarray:
+    def mean(self, metric: str) -> np.ndarray:
         """(series, bucket) means of ``metric``; NaN where a bucket has no value."""
-        c = self.count[metric][:n_series]
+        c = self.count[metric]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(c > 0, self.sum[metric][:n_series] / np.where(c > 0, c, 1), np.nan)
+            return np.where(c > 0, self.sum[metric] / np.where(c > 0, c, 1), np.nan)
 
-    def extreme(self, metric: str, n_series: int, *, which: str) -> np.ndarray:
+    def extreme(self, metric: str, *, which: str) -> np.ndarray:
         """(series, bucket) minimum (``which='min'``) or maximum; NaN where empty."""
         store = self.min if which == "min" else self.max
-        c = self.count[metric][:n_series]
-        return np.where(c > 0, store[metric][:n_series], np.nan)
+        return np.where(self.count[metric] > 0, store[metric], np.nan)
+
+    def filled(self) -> np.ndarray:
+        """Series numbers with at least one value of any metric."""
+        if not self.metrics:
+            return np.zeros(0, dtype=np.int64)
+        any_count = sum(self.count[m].sum(axis=1) for m in self.metrics)
+        return np.flatnonzero(any_count > 0)
 
 
 @dataclass(frozen=True)
@@ -219,13 +227,14 @@ def histogram_blocks(batch: pa.RecordBatch) -> list[HistBlock]:
     counts = batch.column("hist_counts")
     if counts.null_count == batch.num_rows:
         return []
-    valid = np.flatnonzero(counts.is_valid().to_numpy(zero_copy_only=False))
+    valid = np.flatnonzero(counts.is_valid().to_numpy(zero_copy_only=False)) if counts.null_count else np.arange(batch.num_rows)
     scheme = batch.column("hist_scheme").to_numpy(zero_copy_only=False)[valid]
     lo = column_f64(batch, "hist_lo")[valid]
     hi = column_f64(batch, "hist_hi")[valid]
-    lengths = pc.list_value_length(counts).to_numpy(zero_copy_only=False)[valid]
-    sub = counts.take(pa.array(valid)) if len(valid) < batch.num_rows else counts
-    flat = pc.list_flatten(sub).to_numpy(zero_copy_only=False)
+    offsets = counts.offsets.to_numpy()
+    lengths = (offsets[1:] - offsets[:-1])[valid]
+    # Null lists have no values: the flattened values are exactly the valid rows' counts.
+    flat = pc.list_flatten(counts).to_numpy(zero_copy_only=False)
     uniform = len(valid) and (lengths == lengths[0]).all() and (scheme == scheme[0]).all() and (lo == lo[0]).all() and (hi == hi[0]).all()
     if uniform:
         n = int(lengths[0])
@@ -246,112 +255,106 @@ def histogram_blocks(batch: pa.RecordBatch) -> list[HistBlock]:
 class BucketHistograms:
     """Per (series, bucket) sum of histograms; each series keeps the first binning it meets.
 
+    Storage is one dense float64 array (series, bucket, bin) per binning width, so
+    accumulation is vectorised: rows are grouped by (series, bucket) with one sort.
+
     Args:
         grid: The step buckets.
     """
 
     def __init__(self, grid: StepGrid) -> None:
         self.grid = grid
-        self.sums: dict[int, np.ndarray] = {}
         self.binning: dict[int, tuple[str, float, float, int]] = {}
+        self._acc: dict[int, np.ndarray] = {}
+        self._key_ids: dict[tuple, int] = {}
+        self._series_key = np.full(0, -1, dtype=np.int64)
         self.mismatched = 0
 
+    @property
+    def sums(self) -> dict[int, np.ndarray]:
+        """Series number -> (bucket, bin) summed counts, for every series with a histogram."""
+        return {s: self._acc[k[3]][s] for s, k in sorted(self.binning.items())}
+
     def add(self, series: np.ndarray, steps: np.ndarray, block: HistBlock) -> None:
-        """Accumulate the histograms of ``block`` (``series``/``steps`` indexed by batch row)."""
+        """Accumulate ``block``'s histograms (``series``/``steps`` indexed by batch row)."""
         sid = series[block.rows]
-        bucket = self.grid.index(steps[block.rows])
+        if not len(sid):
+            return
         n = block.key[3]
-        order = np.lexsort((bucket, sid))
-        sid, bucket, counts = sid[order], bucket[order], block.counts[order]
-        change = np.flatnonzero((np.diff(sid) != 0) | (np.diff(bucket) != 0)) + 1
-        starts = np.concatenate([[0], change])
-        sums = np.add.reduceat(counts, starts, axis=0)
-        for s in np.unique(sid[starts]).tolist():
-            if s not in self.sums:
-                self.sums[s] = np.zeros((self.grid.size, n), dtype=np.float64)
-                self.binning[s] = block.key
-        for j, start in enumerate(starts.tolist()):
-            s = int(sid[start])
-            if self.binning[s] != block.key:
-                self.mismatched += 1
-                continue
-            self.sums[s][bucket[start]] += sums[j]
+        kid = self._key_ids.setdefault(block.key, len(self._key_ids))
+        top = int(sid.max()) + 1
+        if len(self._series_key) < top:
+            self._series_key = np.concatenate([self._series_key, np.full(top - len(self._series_key), -1, dtype=np.int64)])
+        new = np.unique(sid[self._series_key[sid] < 0])
+        self._series_key[new] = kid
+        for s in new.tolist():
+            self.binning[s] = block.key
+        same = self._series_key[sid] == kid
+        counts, rows = block.counts, block.rows
+        if not same.all():
+            self.mismatched += int((~same).sum())
+            sid, counts, rows = sid[same], counts[same], rows[same]
+            if not len(sid):
+                return
+        nb = self.grid.size
+        need = int(sid.max()) + 1
+        acc = self._acc.get(n)
+        if acc is None or len(acc) < need:
+            grown = np.zeros((max(need, 2 * (0 if acc is None else len(acc))), nb, n))
+            if acc is not None:
+                grown[: len(acc)] = acc
+            acc = self._acc[n] = grown
+        flat = sid * nb + self.grid.index(steps[rows])
+        order = np.argsort(flat, kind="stable")
+        flat = flat[order]
+        starts = np.flatnonzero(np.concatenate([[True], flat[1:] != flat[:-1]]))
+        acc.reshape(-1, n)[flat[starts]] += np.add.reduceat(counts[order], starts, axis=0)
 
 
-@dataclass
 class LayerSeries:
-    """Bucketed statistics of every (node_id, kind, slot) series met in a scan.
+    """The bucketed statistics of a chosen set of series (e.g. the activation series).
 
-    Attributes:
-        index: The series keys.
-        stats: The bucketed metrics.
-        grid: The step buckets.
+    Args:
+        index: The shared series numbering.
+        stats: The bucketed metrics (indexed by series number).
+        ids: Series numbers to expose, in order. Defaults to every series with data.
     """
 
-    index: SeriesIndex
-    stats: BucketStats
-    grid: StepGrid
+    def __init__(self, index: SeriesIndex, stats: BucketStats, ids: Sequence[int] | np.ndarray | None = None) -> None:
+        self.index = index
+        self.stats = stats
+        self.grid = stats.grid
+        if ids is None:
+            ids = stats.filled()
+        self.ids = np.asarray(ids, dtype=np.int64)
 
     @property
     def keys(self) -> list[tuple]:
-        """(node_id, kind, slot) of each series, by series number."""
-        return self.index.keys
+        """(node_id, kind, slot) of each exposed series, in order."""
+        return [self.index.keys[i] for i in self.ids.tolist()]
 
     def mean(self, metric: str) -> np.ndarray:
         """(series, bucket) means of ``metric`` (NaN where empty)."""
-        return self.stats.mean(metric, len(self.index))
+        return self.stats.mean(metric)[self.ids]
 
     def extreme(self, metric: str, which: str) -> np.ndarray:
         """(series, bucket) minimum or maximum of ``metric`` (NaN where empty)."""
-        return self.stats.extreme(metric, len(self.index), which=which)
+        return self.stats.extreme(metric, which=which)[self.ids]
+
+    def count(self, metric: str) -> np.ndarray:
+        """(series, bucket) number of values of ``metric``."""
+        return self.stats.count[metric][self.ids]
 
 
-def collect_series(
-    trace: Any,
-    *,
-    grid: StepGrid,
-    columns: Sequence[str],
-    metrics: Callable[[pa.RecordBatch], dict[str, np.ndarray]],
-    on_batch: Callable[[pa.RecordBatch, np.ndarray], None] | None = None,
-    key_columns: Sequence[str] = ("node_id", "kind", "slot"),
-    **filters: Any,
-) -> LayerSeries:
-    """Scan records once and bucket per-series metrics.
-
-    Args:
-        trace: The trace.
-        grid: Step buckets.
-        columns: Record columns the metric function reads (keys and ``step`` are added).
-        metrics: Batch -> {metric name: float64 array, one value per row, NaN to skip}.
-        on_batch: Also called with each batch and its rows' series numbers.
-        key_columns: Columns that identify a series. Defaults to (node_id, kind, slot).
-        **filters: Passed to :func:`tracefmt.analyzers.scan.scan_records` (kinds, phases, ...).
-    """
-    from .scan import scan_records
-
-    cols = list(dict.fromkeys([*key_columns, "step", *columns]))
-    index = SeriesIndex(key_columns)
-    stats: BucketStats | None = None
-    for batch in scan_records(trace, columns=cols, **filters):
-        sid = index.ids(batch)
-        values = metrics(batch)
-        if stats is None:
-            stats = BucketStats(grid, list(values))
-        stats.add(sid, batch.column("step").to_numpy(), values)
-        if on_batch is not None:
-            on_batch(batch, sid)
-    return LayerSeries(index, stats or BucketStats(grid, []), grid)
+def finite_count(view: Any) -> np.ndarray:
+    """Per row of a record view: elements that are neither NaN nor Inf."""
+    return view.f64("numel") - view.f64("nan_count") - view.f64("inf_count")
 
 
-def finite_count(batch: pa.RecordBatch) -> np.ndarray:
-    """Per row: elements that are neither NaN nor Inf."""
-    return (batch.column("numel").to_numpy() - batch.column("nan_count").to_numpy() - batch.column("inf_count").to_numpy()).astype(np.float64)
-
-
-def rms(batch: pa.RecordBatch) -> np.ndarray:
-    """Per row: root mean square of the finite elements, ``l2 / sqrt(finite count)`` (NaN if none)."""
-    n = finite_count(batch)
-    l2 = column_f64(batch, "l2")
+def rms(view: Any) -> np.ndarray:
+    """Per row of a record view: root mean square of the finite elements, ``l2 / sqrt(finite count)`` (NaN if none)."""
+    n = finite_count(view)
+    l2 = view.f64("l2")
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, l2 / np.sqrt(np.where(n > 0, n, 1)), np.nan)
 

@@ -112,6 +112,8 @@ def _child(path: str, what: str) -> None:
     import tracefmt
 
     trace = tracefmt.open(path)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = usage.ru_utime + usage.ru_stime
     t0 = time.perf_counter()
     out: dict = {}
     if what == "scan":
@@ -120,7 +122,9 @@ def _child(path: str, what: str) -> None:
         report = ta.run(trace, names=CORE)
         out.update(records=profile(trace).num_records, findings=report.findings.num_rows, skipped=report.skipped)
     out["seconds"] = time.perf_counter() - t0
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["cpu_seconds"] = usage.ru_utime + usage.ru_stime - cpu0
+    out["peak_rss_mib"] = usage.ru_maxrss / 1024
     print(json.dumps(out))
 
 
@@ -150,13 +154,17 @@ def main() -> None:
             print(f"generated {n:,} records in {time.perf_counter() - t0:.1f} s ({sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) / 2**30:.2f} GiB)")
         base = _run_child(path, "scan")
         r = _run_child(path, "analyze")
-        rate = r["records"] / r["seconds"]
-        print(f"records:                  {r['records']:,}")
-        print(f"baseline (bare scan of the columns read): {base['seconds']:.2f} s ({base['records'] / base['seconds'] / 1e6:.2f} M records/s), peak RSS {base['peak_rss_mib']:.0f} MiB")
-        print(f"all core analyzers:       {r['seconds']:.2f} s ({rate / 1e6:.2f} M records/s end to end; {r['seconds'] / base['seconds']:.2f} x the bare scan)")
+        rate, cpu_rate = r["records"] / r["seconds"], r["records"] / r["cpu_seconds"]
+        n = r["records"]
+        print(f"records: {n:,}")
+        print(f"baseline, bare scan of the same columns: {base['seconds']:.2f} s wall, {base['cpu_seconds']:.2f} s CPU "
+              f"({n / base['seconds'] / 1e6:.2f} M records/s wall, {n / base['cpu_seconds'] / 1e6:.2f} M per CPU-second); peak RSS {base['peak_rss_mib']:.0f} MiB")
+        print(f"all core analyzers: {r['seconds']:.2f} s wall, {r['cpu_seconds']:.2f} s CPU ({rate / 1e6:.2f} M records/s wall, "
+              f"{cpu_rate / 1e6:.2f} M per CPU-second; {r['cpu_seconds'] / base['cpu_seconds']:.2f} x the bare scan's CPU time)")
         print(f"peak RSS (analyzer process): {r['peak_rss_mib']:.0f} MiB")
         print(f"findings: {r['findings']}; skipped: {r['skipped'] or 'none'}")
-        print(f"target >= 2 M records/s: {'met' if rate >= 2e6 else 'MISSED'}; target peak < 1 GiB: {'met' if r['peak_rss_mib'] < 1024 else 'MISSED'}")
+        print(f"target >= 2 M records/s: wall {'met' if rate >= 2e6 else 'MISSED'}, per CPU-second {'met' if cpu_rate >= 2e6 else 'MISSED'}; "
+              f"target peak < 1 GiB: {'met' if r['peak_rss_mib'] < 1024 else 'MISSED'}")  # fmt: skip
     finally:
         if not args.keep and args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -41,7 +41,9 @@ def transition_graph(transmat: np.ndarray, dwell_total: np.ndarray, edges: list[
         import graphviz
     except ImportError:  # pragma: no cover - the analyzers extra installs it
         raise MissingDependencyError("graphviz", "analyzers", "the state-transition graph") from None
-    g = graphviz.Digraph("dynamics", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "label": title, "labelloc": "t"})
+    # Left to right reads well for a few states; a longer chain would be too wide for a page.
+    rankdir = "LR" if transmat.shape[0] <= 4 else "TB"
+    g = graphviz.Digraph("dynamics", graph_attr={"rankdir": rankdir, "fontname": "Helvetica", "label": title, "labelloc": "t"})
     g.attr("node", shape="ellipse", style="filled", fontname="Helvetica", fontsize="11")
     g.attr("edge", fontname="Helvetica", fontsize="9")
     for s in range(transmat.shape[0]):

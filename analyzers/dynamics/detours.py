@@ -116,7 +116,12 @@ def state_correlations(dwell: np.ndarray, conv_steps: np.ndarray, *, method: str
     Returns:
         One :class:`StateCorrelation` per state (empty with fewer than :data:`MIN_RUNS` runs).
     """
-    from scipy import stats
+    try:
+        from scipy import stats
+    except ImportError:  # pragma: no cover - the analyzers extra installs it
+        from tracefmt.errors import MissingDependencyError
+
+        raise MissingDependencyError("scipy", "analyzers", "detour states") from None
 
     n = len(conv_steps)
     if n < MIN_RUNS:

@@ -248,7 +248,12 @@ def fit_hmm(
 
 
 def _fit_once(x: np.ndarray, lengths: list[int], k: int, cov: str, n_iter: int, tol: float, seed: int, implementation: str) -> tuple[Any, list[tuple[str, str]]]:
-    from hmmlearn.hmm import GaussianHMM
+    try:
+        from hmmlearn.hmm import GaussianHMM
+    except ImportError:  # pragma: no cover - the analyzers extra installs it
+        from tracefmt.errors import MissingDependencyError
+
+        raise MissingDependencyError("hmmlearn", "analyzers", "the dynamics analyzer") from None
 
     issues: list[tuple[str, str]] = []
     handler = _Capture()

@@ -31,7 +31,8 @@ from .segments import PARTITIONED, Segment, iter_batches, list_segments, open_se
 
 __all__ = ["Problem", "ValidationReport", "validate_trace"]
 
-_KNOWN_ENTRIES = {MANIFEST, NODES.location, "findings", *PARTITIONED}
+# "dynamics" holds the training-dynamics tables of spec/DYNAMICS.md (section 19).
+_KNOWN_ENTRIES = {MANIFEST, NODES.location, "findings", "dynamics", *PARTITIONED}
 _JSON_TYPES = {"string": str, "boolean": bool, "object": dict, "integer": int}
 
 

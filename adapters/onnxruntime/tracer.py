@@ -27,8 +27,9 @@ DEFAULT_CHUNK_OUTPUTS = 64
 DEFAULT_CHUNK_BYTES = 16 << 20
 #: The ``producer.adapter`` written to the manifest.
 ADAPTER_NAME = "tracefmt.adapters.onnxruntime"
-#: Flush buffered records to the writer at this many rows.
-_FLUSH_ROWS = 4096
+#: Hand buffered records to the writer (compact Arrow) at this many rows: rows as Python
+#: objects cost ~30x more memory (per-channel vectors of wide layers).
+_FLUSH_ROWS = 256
 
 
 def _tensor_record(value: Any, *, binning: Binning | None, median: bool, channels: bool) -> dict[str, Any] | None:
@@ -226,18 +227,21 @@ def _trace_step(run: _Run, writer: TraceWriter, feed: dict[str, Any], *, step: i
             first, last = info.names[chunk.start], info.names[chunk.stop - 1]
             message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"step {step}: ONNX Runtime failed running nodes {first} .. {last}: {message}") from None
-        for i in range(chunk.start, chunk.stop):
-            if info.nodes[i].op_type in exclude:
-                continue
-            for slot, name in enumerate(info.nodes[i].input):
-                if name in feed:
-                    emit(i, Kind.INPUT, slot, feed[name])
-            for slot, name in info.captured_outputs(i):
-                emit(i, Kind.ACTIVATION, slot, values[name])
         released = set(chunk.release)
         live.update((k, v) for k, v in values.items() if k not in released)
         for name in released:
             live.pop(name, None)
+        for i in range(chunk.start, chunk.stop):
+            if info.nodes[i].op_type not in exclude:
+                for slot, name in enumerate(info.nodes[i].input):
+                    if name in feed:
+                        emit(i, Kind.INPUT, slot, feed[name])
+                for slot, name in info.captured_outputs(i):
+                    emit(i, Kind.ACTIVATION, slot, values[name])
+            for name in info.nodes[i].output:
+                # Summarised and not needed later: freed now rather than with the chunk,
+                # so the statistics' temporaries never sit beside the whole chunk.
+                values.pop(name, None)
         del values
         if len(rows) >= _FLUSH_ROWS:
             writer.write_records(rows)

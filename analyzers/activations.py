@@ -97,7 +97,7 @@ class _ActivationsConsumer(RecordConsumer):
         self.phases = training_phases(prof)
         span = prof.steps(self.phases)
         self.grid = StepGrid(*span, max_buckets=int(params["max_buckets"])) if span else None
-        self.stats = BucketStats(self.grid, ["mean", "std"]) if self.grid else None
+        self.stats = BucketStats(self.grid, ["mean", "std"], extremes=[]) if self.grid else None
         self.hists = BucketHistograms(StepGrid(*span, max_buckets=int(params["hist_buckets"]))) if span else None
         self.samples = max(1, int(params["hist_samples"]))
         self.index: Any = None

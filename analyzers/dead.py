@@ -88,7 +88,7 @@ class _DeadConsumer(RecordConsumer):
         self.phases = training_phases(prof)
         span = prof.steps(self.phases)
         self.grid = StepGrid(*span, max_buckets=int(params["max_buckets"])) if span else None
-        self.stats = BucketStats(self.grid, ["dead", "zero", "mean", "std", "l2", "max"]) if self.grid else None
+        self.stats = BucketStats(self.grid, ["dead", "zero", "mean", "std", "l2", "max"], extremes=["mean", "std", "l2", "max"]) if self.grid else None
         if self.grid is not None:
             self.w0 = min(self.grid.size - 1, int(np.floor(self.grid.size * (1.0 - float(params["window"])))))
             self.window_start = int(self.grid.start(self.w0))

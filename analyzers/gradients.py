@@ -70,7 +70,7 @@ class _GradientsConsumer(RecordConsumer):
         self.phases = training_phases(prof)
         span = prof.steps(self.phases)
         self.grid = StepGrid(*span, max_buckets=int(params["max_buckets"])) if span else None
-        self.stats = BucketStats(self.grid, ["rms", "l2"]) if self.grid else None
+        self.stats = BucketStats(self.grid, ["rms", "l2"], extremes=["rms"]) if self.grid else None
         self.nan = NanTracker()
         self.index: Any = None
 

@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 
 from tracefmt import Trace
 
-from .series import HistBlock, SeriesIndex, column_f64, histogram_blocks
+from .series import KINDS, HistBlock, SeriesIndex, column_f64, histogram_blocks, string_codes
 
 __all__ = [
     "TraceProfile",
@@ -89,12 +89,9 @@ class TraceProfile:
 _PROFILES: weakref.WeakKeyDictionary[Trace, TraceProfile] = weakref.WeakKeyDictionary()
 
 
-def _codes(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list]:
-    """Dictionary codes (int64) and the dictionary of a string column."""
-    enc = pc.dictionary_encode(col)
-    if isinstance(enc, pa.ChunkedArray):
-        enc = enc.combine_chunks()
-    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
+def _codes(col: pa.Array | pa.ChunkedArray, vocabulary: Sequence[str] = ()) -> tuple[np.ndarray, list]:
+    """Integer codes (int64) and their values for a string column."""
+    return string_codes(col, vocabulary)
 
 
 def profile(trace: Trace) -> TraceProfile:
@@ -110,7 +107,7 @@ def profile(trace: Trace) -> TraceProfile:
             total += batch.num_rows
             steps = batch.column("step").to_numpy()
             pcode, pdict = _codes(batch.column("phase"))
-            kcode, kdict = _codes(batch.column("kind"))
+            kcode, kdict = _codes(batch.column("kind"), KINDS)
             for k, n in zip(kdict, np.bincount(kcode, minlength=len(kdict)).tolist()):
                 kinds[k] = kinds.get(k, 0) + n
             for i, p in enumerate(pdict):

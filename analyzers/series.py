@@ -32,6 +32,8 @@ __all__ = [
     "finite_count",
     "rms",
     "nanmedian_rows",
+    "string_codes",
+    "KINDS",
 ]
 
 
@@ -93,8 +95,8 @@ class SeriesIndex:
     def ids(self, batch: pa.RecordBatch) -> np.ndarray:
         """The series number of every row of ``batch`` (new keys are numbered as met)."""
         node = batch.column("node_id").to_numpy(zero_copy_only=False).astype(np.int64)
-        kc, kd = _dict_codes(batch.column("kind"))
-        sc, sd = _dict_codes(batch.column("slot"))
+        kc, kd = string_codes(batch.column("kind"), KINDS)
+        sc, sd = string_codes(batch.column("slot"))
         nk, ns = max(1, len(kd)), max(1, len(sd))
         top = int(node.max()) + 1 if len(node) else 1
         combined = (node * nk + kc) * ns + sc
@@ -127,11 +129,37 @@ class SeriesIndex:
         return lut
 
 
-def _dict_codes(col: pa.Array) -> tuple[np.ndarray, list]:
+def string_codes(col: pa.Array | pa.ChunkedArray, vocabulary: Sequence[str] = ()) -> tuple[np.ndarray, list]:
+    """Integer codes (int64) and their values for a string column.
+
+    Two exact shortcuts before Arrow's hash-based dictionary encoding: a column holding one
+    value (the phase of a training batch), and a ``vocabulary`` whose words have distinct
+    lengths (the record kinds), where the length gives the code and one vectorised
+    comparison with the expected words confirms it.
+    """
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    n = len(col)
+    if n and col.null_count == 0 and pa.types.is_string(col.type):
+        first = col[0].as_py()
+        if pc.all(pc.equal(col, first)).as_py():
+            return np.zeros(n, dtype=np.int64), [first]
+        lengths = {len(w.encode()) for w in vocabulary}
+        if vocabulary and len(lengths) == len(vocabulary):
+            by_len = np.full(max(lengths) + 2, len(vocabulary), dtype=np.int64)
+            for i, w in enumerate(vocabulary):
+                by_len[len(w.encode())] = i
+            code = by_len[np.minimum(pc.binary_length(col).to_numpy(zero_copy_only=False), len(by_len) - 1)]
+            if (code < len(vocabulary)).all():
+                expected = pa.array(list(vocabulary), pa.string()).take(pa.array(code))
+                if pc.all(pc.equal(col, expected)).as_py():
+                    return code, list(vocabulary)
     enc = pc.dictionary_encode(col)
-    if isinstance(enc, pa.ChunkedArray):
-        enc = enc.combine_chunks()
     return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
+
+
+#: The record kinds (spec enumeration), whose lengths happen to differ: see :func:`string_codes`.
+KINDS = ("activation", "gradient", "input", "weight", "weight_grad", "weight_update")
 
 
 class BucketStats:
@@ -140,11 +168,13 @@ class BucketStats:
     Args:
         grid: The step buckets.
         metrics: Metric names.
+        extremes: Metrics whose minimum and maximum are kept too. Defaults to every metric.
     """
 
-    def __init__(self, grid: StepGrid, metrics: Sequence[str]) -> None:
+    def __init__(self, grid: StepGrid, metrics: Sequence[str], *, extremes: Sequence[str] | None = None) -> None:
         self.grid = grid
         self.metrics = tuple(metrics)
+        self.extremes = tuple(self.metrics if extremes is None else extremes)
         self._cap = 0
         self.count: dict[str, np.ndarray] = {}
         self.sum: dict[str, np.ndarray] = {}
@@ -155,8 +185,8 @@ class BucketStats:
     def _grow(self, need: int) -> None:
         cap = max(need, 2 * self._cap)
         nb = self.grid.size
-        for store, fill in ((self.count, 0.0), (self.sum, 0.0), (self.min, np.inf), (self.max, -np.inf)):
-            for m in self.metrics:
+        for store, fill, names in ((self.count, 0.0, self.metrics), (self.sum, 0.0, self.metrics), (self.min, np.inf, self.extremes), (self.max, -np.inf, self.extremes)):
+            for m in names:
                 new = np.full((cap, nb), fill)
                 if m in store:
                     new[: self._cap] = store[m]
@@ -173,16 +203,24 @@ class BucketStats:
         nb = self.grid.size
         flat = series * nb + self.grid.index(steps)
         size = self._cap * nb
+        every: np.ndarray | None = None
         for m in self.metrics:
             v = values[m]
             ok = ~np.isnan(v)
-            if not ok.any():
+            if ok.all():
+                if every is None:
+                    every = np.bincount(flat, minlength=size)
+                idx, vv, counts = flat, v, every
+            elif ok.any():
+                idx, vv = flat[ok], v[ok]
+                counts = np.bincount(idx, minlength=size)
+            else:
                 continue
-            idx, vv = (flat, v) if ok.all() else (flat[ok], v[ok])
-            self.count[m].reshape(-1)[:] += np.bincount(idx, minlength=size)
+            self.count[m].reshape(-1)[:] += counts
             self.sum[m].reshape(-1)[:] += np.bincount(idx, weights=vv, minlength=size)
-            np.minimum.at(self.min[m].reshape(-1), idx, vv)
-            np.maximum.at(self.max[m].reshape(-1), idx, vv)
+            if m in self.min:
+                np.minimum.at(self.min[m].reshape(-1), idx, vv)
+                np.maximum.at(self.max[m].reshape(-1), idx, vv)
 
     def mean(self, metric: str) -> np.ndarray:
         """(series, bucket) means of ``metric``; NaN where a bucket has no value."""
@@ -228,27 +266,29 @@ def histogram_blocks(batch: pa.RecordBatch) -> list[HistBlock]:
     if counts.null_count == batch.num_rows:
         return []
     valid = np.flatnonzero(counts.is_valid().to_numpy(zero_copy_only=False)) if counts.null_count else np.arange(batch.num_rows)
-    scheme = batch.column("hist_scheme").to_numpy(zero_copy_only=False)[valid]
+    scheme_col = batch.column("hist_scheme")
+    if scheme_col.null_count:
+        scheme_col = scheme_col.fill_null("")
+    scode, sdict = string_codes(scheme_col)
+    scode = scode[valid]
     lo = column_f64(batch, "hist_lo")[valid]
     hi = column_f64(batch, "hist_hi")[valid]
     offsets = counts.offsets.to_numpy()
     lengths = (offsets[1:] - offsets[:-1])[valid]
     # Null lists have no values: the flattened values are exactly the valid rows' counts.
     flat = pc.list_flatten(counts).to_numpy(zero_copy_only=False)
-    uniform = len(valid) and (lengths == lengths[0]).all() and (scheme == scheme[0]).all() and (lo == lo[0]).all() and (hi == hi[0]).all()
+    uniform = len(valid) and (lengths == lengths[0]).all() and (scode == scode[0]).all() and (lo == lo[0]).all() and (hi == hi[0]).all()
     if uniform:
         n = int(lengths[0])
-        return [HistBlock(valid, flat.reshape(len(valid), n), (str(scheme[0]), float(lo[0]), float(hi[0]), n))]
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    blocks: dict[tuple, list[int]] = {}
-    for i, key in enumerate(zip(scheme.tolist(), lo.tolist(), hi.tolist(), lengths.tolist())):
-        blocks.setdefault(key, []).append(i)
+        return [HistBlock(valid, flat.reshape(len(valid), n), (str(sdict[scode[0]]), float(lo[0]), float(hi[0]), n))]
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    keys, group = np.unique(np.stack([scode.astype(np.float64), lo, hi, lengths.astype(np.float64)], axis=1), axis=0, return_inverse=True)
     out = []
-    for key, idx in blocks.items():
-        n = int(key[3])
-        rows = np.asarray(idx)
-        take = (offsets[rows][:, None] + np.arange(n)[None, :]).reshape(-1)
-        out.append(HistBlock(valid[rows], flat[take].reshape(len(rows), n), (str(key[0]), float(key[1]), float(key[2]), n)))
+    for g, (code, glo, ghi, glen) in enumerate(keys.tolist()):
+        n = int(glen)
+        rows = np.flatnonzero(group.reshape(-1) == g)
+        take = (starts[rows][:, None] + np.arange(n)[None, :]).reshape(-1)
+        out.append(HistBlock(valid[rows], flat[take].reshape(len(rows), n), (str(sdict[int(code)]), float(glo), float(ghi), n)))
     return out
 
 

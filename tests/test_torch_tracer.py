@@ -229,3 +229,12 @@ def test_selection_and_bad_options(tmp_path):
     with pytest.raises(tracefmt.UsageError, match="unknown phase"):
         TorchTracer(model, tmp_path / "w", phase="testing")
     assert _hook_count(model) == 0
+
+
+def test_docs_example_runs():
+    # The usage example of docs/torch.md is executed as written.
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "torch.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/torch.md", "exec"), {})

@@ -70,3 +70,48 @@ def test_healthy_run_has_no_gradient_alarms():
 
     report = ta.run(cached("healthy-mlp", healthy_mlp), names=["gradients"])
     assert [f for f in report.findings_list if f.severity != "info"] == []
+
+
+def _nan_trace(tmp_path, rows, *, with_seq=True):
+    """Hand-written records: a 3-layer chain a -> b -> c, NaN/Inf where ``rows`` says."""
+    import tracefmt
+
+    path = tmp_path / "order.trace"
+    with tracefmt.TraceWriter(path) as w:
+        w.write_nodes([
+            {"node_id": i, "name": n, "scope": n, "op_type": "Linear", "container": False, "inputs": [], "outputs": [], "param_count": 4, "order": i}
+            for i, n in enumerate("abc")
+        ])  # fmt: skip
+        out = []
+        for step, phase, node, kind, seq, nan in rows:
+            out.append({"step": step, "phase": phase, "node_id": node, "kind": kind, "slot": "0", "call": 0, "seq": seq if with_seq else None,
+                        "dtype": "float32", "shape": [4], "numel": 4, "nan_count": nan, "inf_count": 0, "zero_count": 0, "pos_count": 0, "l2": 1.0})  # fmt: skip
+        w.write_records(out)
+    return path
+
+
+def test_nan_origin_forward_precedes_backward_by_seq(tmp_path):
+    # Step 3: the forward pass of 'b' (seq 1) goes bad before the backward of 'c' (seq 3),
+    # although 'c' has the higher node order; step 2 and the eval phase hold no NaN.
+    rows = [(2, "train", n, k, s, 0) for n, k, s in ((0, "activation", 0), (1, "activation", 1), (2, "activation", 2), (2, "gradient", 3))]
+    rows += [(3, "train", 0, "activation", 0, 0), (3, "train", 1, "activation", 1, 2), (3, "train", 2, "activation", 2, 4),
+             (3, "train", 2, "gradient", 3, 4), (3, "train", 1, "gradient", 4, 4), (3, "train", 0, "gradient", 5, 4)]  # fmt: skip
+    for seq in (True, False):
+        origin = [f for f in ta.run(_nan_trace(tmp_path / str(seq), rows, with_seq=seq), names=["gradients"]).findings_list if f.code == "nan-origin"]
+        assert [(f.node, f.step_first) for f in origin] == [("b", 3)]
+
+
+def test_nan_origin_in_backward_follows_reverse_order_without_seq(tmp_path):
+    # Only gradients are bad: without seq, backward runs from the last node to the first.
+    rows = [(5, "train", 0, "gradient", None, 3), (5, "train", 1, "gradient", None, 3), (5, "train", 0, "activation", None, 0)]
+    report = ta.run(_nan_trace(tmp_path, rows, with_seq=False), names=["gradients"])
+    origin = [f for f in report.findings_list if f.code == "nan-origin"]
+    assert [(f.node, f.step_first) for f in origin] == [("b", 5)]
+    assert report.results["gradients"].data["nan_origin"]["kind"] == "gradient"
+
+
+def test_nan_origin_first_step_across_phases(tmp_path):
+    # An eval pass at step 4 precedes a training NaN at step 6; at the same step train precedes eval.
+    rows = [(6, "train", 0, "activation", 0, 1), (4, "eval", 2, "activation", 2, 1), (4, "train", 1, "activation", 1, 0), (4, "train", 1, "gradient", 3, 0)]
+    origin = [f for f in ta.run(_nan_trace(tmp_path, rows), names=["gradients"]).findings_list if f.code == "nan-origin"]
+    assert [(f.node, f.step_first) for f in origin] == [("c", 4)] and "(eval)" in origin[0].message

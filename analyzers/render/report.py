@@ -46,6 +46,7 @@ class ReportInfo:
         path: The HTML file (None when only built in memory).
         findings: The findings shown (Arrow table with the findings schema).
         figures: ``analyzer/figure`` names drawn.
+        images: ``analyzer/figure`` -> the PNG bytes shown in the page.
         figure_errors: ``analyzer/figure`` -> error text for figures that failed to draw.
         skipped: Analyzer name -> reason it did not apply.
         graphs: Titles of the graphs drawn.
@@ -55,6 +56,7 @@ class ReportInfo:
     path: Path | None
     findings: pa.Table
     figures: list[str] = field(default_factory=list)
+    images: dict[str, bytes] = field(default_factory=dict)
     figure_errors: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     graphs: list[str] = field(default_factory=list)
@@ -70,7 +72,9 @@ def _open(trace: Any) -> Trace:
 def figure_png(fig: Any, *, dpi: int = 90) -> bytes:
     """A matplotlib Figure as PNG bytes; the figure is closed afterwards."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    # No bbox_inches='tight': the analyzers' figures use constrained layout already, and a
+    # tight bounding box draws every figure twice.
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
     try:
         import matplotlib.pyplot as plt
 
@@ -116,11 +120,11 @@ def run_summary(trace: Trace) -> list[dict[str, Any]]:
     return rows
 
 
-def _analyze(trace: Trace, names: list[str] | None, params: dict[str, Any] | None) -> tuple[pa.Table, dict[str, Any], dict[str, str]]:
-    """Run the analyzer pipeline: (findings, results by analyzer, skipped analyzers with reasons)."""
+def _analyze(trace: Trace, names: list[str] | None, params: dict[str, Any] | None, analysis: Any = None) -> tuple[pa.Table, dict[str, Any], dict[str, str]]:
+    """Run the analyzer pipeline (unless given its result): findings, results, skipped analyzers."""
     from tracefmt import analyzers
 
-    result = analyzers.run(trace, names=names, params=params)
+    result = analysis if analysis is not None else analyzers.run(trace, names=names, params=params)
     findings = result.findings
     stored = trace.findings
     if stored is not None and stored.num_rows:
@@ -139,8 +143,19 @@ def _findings_section(findings: pa.Table) -> str:
     counts = " ".join(H.severity_badge(s.value, f"{sev.count(s.value)} {s.value}") for s in (Severity.ERROR, Severity.WARNING, Severity.INFO))
     rows = findings.to_pylist()
     for r in rows:
+        r["severity_text"] = r["severity"]
         r["severity"] = H.severity_badge(r["severity"])
-    return f"<p>{counts}</p>" + H.table(rows, _FINDING_COLUMNS, raw=["severity"])
+    alarms = [r for r in rows if r["severity_text"] != Severity.INFO.value]
+    infos = [r for r in rows if r["severity_text"] == Severity.INFO.value]
+    body = f"<p>{counts}</p>"
+    if alarms:
+        body += H.table(alarms, _FINDING_COLUMNS, raw=["severity"])
+    else:
+        body += "<p>No warnings or errors.</p>"
+    if infos:
+        # Informational findings (context, not problems) stay folded so the problems lead.
+        body += f"<details><summary>{len(infos)} informational finding(s)</summary>{H.table(infos, _FINDING_COLUMNS, raw=['severity'])}</details>"
+    return body
 
 
 def _figures_section(results: dict[str, Any], skipped: dict[str, str], info: ReportInfo) -> str:
@@ -156,6 +171,7 @@ def _figures_section(results: dict[str, Any], skipped: dict[str, str], info: Rep
                 figs.append(f'<p class="error-note">figure {H.escape(key)} could not be drawn: {H.escape(info.figure_errors[key])}</p>')
                 continue
             info.figures.append(key)
+            info.images[key] = png
             figs.append(H.png_img(png, alt=key, caption=key))
         if figs:
             parts.append(f'<h3>{H.escape(name)}</h3><div class="figures">{"".join(figs)}</div>')
@@ -230,6 +246,7 @@ def build_report(
     params: dict[str, Any] | None = None,
     depth: int | None = None,
     title: str | None = None,
+    analysis: Any = None,
 ) -> ReportInfo:
     """Build the HTML report of ``trace``.
 
@@ -241,13 +258,15 @@ def build_report(
         depth: Collapse graph clusters deeper than this. Defaults to an automatic depth
             that keeps large graphs readable (nothing collapsed for small ones).
         title: Page title. Defaults to ``'tracefmt report: <model>'``.
+        analysis: The result of :func:`tracefmt.analyzers.run` on this trace, when the caller
+            already has it (the analyzers are not run again). Defaults to None.
 
     Returns:
         The report (``info.html`` holds the page).
     """
     trace = _open(trace)
     other = _open(compare) if compare is not None else None
-    findings, results, skipped = _analyze(trace, analyzers, params)
+    findings, results, skipped = _analyze(trace, analyzers, params, analysis)
     info = ReportInfo(path=None, findings=findings, skipped=skipped)
     model = trace.manifest.get("model") or trace.path.name
     summary = H.table(run_summary(trace), ["field", "value"])

@@ -1,0 +1,84 @@
+"""`tracefmt demo --quick`: a real end-to-end run (torch training, ONNX export, ORT, analyzers, reports).
+
+One demo run is shared by the module's tests. The broken configuration is broken by
+construction (a BatchNorm shift of -10 before ``layer1.act1``, a learning rate growing to
+100): the analyzers must find exactly that, and nothing alarming in the healthy run.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from tracefmt.analyzers.render import drawn_node_ids, render_graph
+
+import tracefmt
+from tracefmt.demo import DEAD_LAYER, run_demo
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    stream = io.StringIO()
+    result = run_demo(out, quick=True, stream=stream, progress=False)
+    return result, stream.getvalue()
+
+
+def _alarms(findings):
+    return [f for f in findings if f["severity"] in ("warning", "error")]
+
+
+def test_healthy_run_has_no_warnings_or_errors(demo):
+    result, _ = demo
+    alarms = _alarms(result.runs["healthy"].findings)
+    assert alarms == [], "\n".join(f"{f['analyzer']}/{f['code']} {f['node']}: {f['message']}" for f in alarms)
+    assert result.runs["healthy"].final["val_accuracy"] > 0.5
+
+
+def test_broken_run_shows_the_dead_layer_and_the_divergence(demo):
+    result, _ = demo
+    findings = result.runs["broken"].findings
+    dead = [f for f in findings if f["code"] == "dead-layer" and f["severity"] == "error"]
+    # The layer killed by construction is reported dead from the first step on.
+    assert any(f["node"] == DEAD_LAYER and f["step_first"] == 0 for f in dead)
+    assert any(f["analyzer"] == "loss" and f["code"] == "divergence" and f["severity"] == "error" for f in findings)
+    assert any(f["code"] == "exploding-gradient" for f in findings)
+    # Healthy layers upstream of the dead one are not reported dead.
+    assert not any(f["node"] in ("stem.0", "layer1.conv1") for f in dead)
+
+
+def test_onnx_runtime_agrees_with_pytorch(demo):
+    result, _ = demo
+    assert result.diff["divergent"] is False
+    assert result.diff["compared"] >= 10
+
+
+def test_outputs_written_and_traces_valid(demo):
+    result, printed = demo
+    for name in ("healthy", "broken", "onnx-vs-torch"):
+        run = result.runs[name]
+        assert run.report.is_file() and run.report.stat().st_size > 10_000
+        assert str(run.report) in printed
+        assert all(p.is_file() for p in run.graphs)
+        assert tracefmt.validate(run.trace).valid
+        # Findings are written into each trace.
+        assert tracefmt.open(run.trace).findings is not None
+    assert re.search(r"broken\s+\d+ error", printed)
+    names = {p.name for p in result.figures}
+    assert "healthy-activations-colorful_dimension.png" in names
+    assert (result.out / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["healthy", "onnx-vs-torch"])
+def test_render_pytorch_and_onnx_traces_draw_every_node(demo, name):
+    result, _ = demo
+    trace = tracefmt.open(result.runs[name].trace)
+    leaves = [n for n, c in zip(trace.nodes.column("node_id").to_pylist(), trace.nodes.column("container").to_pylist()) if not c]
+    g = render_graph(trace)
+    assert sorted(drawn_node_ids(g.source)) == sorted(f"n{n}" for n in leaves)
+    svg = g.pipe(format="svg").decode()
+    titles = re.findall(r'<g id="[^"]*" class="node">\s*<title>(n\d+)</title>', svg)
+    assert len(titles) == len(leaves)
+    # Every traced node has a value at the last step (PyTorch: train; ONNX Runtime: eval).
+    assert len(g.info.overlay.values) >= 0.9 * len(leaves)

@@ -1,0 +1,31 @@
+"""``tracefmt demo``: train, trace, diff, analyze and report, offline, in about a minute."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``demo`` command."""
+    p = subparsers.add_parser(
+        "demo",
+        help="train a small residual CNN twice (healthy, broken), trace, diff with ONNX Runtime, analyze, report",
+        description=(
+            "Train a small residual CNN on scikit-learn's digits twice with the PyTorch adapter on: a healthy "
+            "configuration and a broken one (a dead ReLU layer by initialisation and a diverging learning rate). "
+            "Export the healthy model to ONNX, trace it with ONNX Runtime and diff it against PyTorch. Run every "
+            "analyzer and write traces, findings, graphs and one HTML report per run. No network needed."
+        ),
+    )
+    p.add_argument("--out", default="demo-output", metavar="DIR", help="output directory (default: ./demo-output)")
+    p.add_argument("--quick", action="store_true", help="fewer samples and epochs (a smoke test)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo."""
+    from ..demo import run_demo
+
+    run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+    return 0

@@ -149,8 +149,8 @@ def _selected(names: str | Sequence[str] | None) -> tuple[list[str], bool]:
     return wanted, True
 
 
-def unmet_need(trace: Trace, needs: Needs) -> str | None:
-    """Why ``trace`` cannot satisfy ``needs``, or None if it can."""
+def unmet_need(trace: Trace, needs: Needs, *, kinds: bool = True) -> str | None:
+    """Why ``trace`` cannot satisfy ``needs``, or None if it can (``kinds=False``: all but the kinds)."""
     prof = profile(trace)
     for table in needs.tables:
         if table == "records" and not prof.num_records:
@@ -161,7 +161,7 @@ def unmet_need(trace: Trace, needs: Needs) -> str | None:
             return "the trace has no predictions table"
         if table == "nodes" and not trace.has("nodes"):
             return "the trace has no nodes table"
-    if needs.kinds:
+    if needs.kinds and kinds:
         present = prof.kinds
         missing = [k for k in needs.kinds if k not in present]
         if (needs.any_kind and len(missing) == len(needs.kinds)) or (not needs.any_kind and missing):
@@ -261,8 +261,11 @@ def _run_single(trace: Trace, analyzers: dict[str, Analyzer], report: Report) ->
     consumers: dict[str, RecordConsumer] = {}
     direct: list[str] = []
     for name, analyzer in analyzers.items():
-        reason = unmet_need(trace, analyzer.needs)
-        if reason is None and isinstance(analyzer, StreamingAnalyzer):
+        streaming = isinstance(analyzer, StreamingAnalyzer)
+        # The kinds a trace holds are counted by the shared pass itself: streaming analyzers
+        # are checked for them after it, so no separate scan of the kind column is needed.
+        reason = unmet_need(trace, analyzer.needs, kinds=not streaming)
+        if reason is None and streaming:
             try:
                 consumers[name] = analyzer.consumer(trace, dict(report.params[name]))
             except NotApplicable as exc:
@@ -272,6 +275,11 @@ def _run_single(trace: Trace, analyzers: dict[str, Analyzer], report: Report) ->
         if reason is not None:
             report.skipped_list.append(Skipped(name, reason, _label(trace)))
     shared_pass(trace, list(consumers.values()))
+    for name in list(consumers):
+        reason = unmet_need(trace, analyzers[name].needs)
+        if reason is not None:
+            del consumers[name]
+            report.skipped_list.append(Skipped(name, reason, _label(trace)))
     out: dict[str, AnalyzerResult] = {}
     for name in analyzers:
         try:

@@ -15,7 +15,6 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,23 +54,43 @@ def progress_to(callback: Callable[[int], None] | None) -> Iterator[None]:
         _PROGRESS.reset(token)
 
 
-@dataclass(frozen=True)
 class TraceProfile:
-    """What a trace's records contain, from one cheap scan.
+    """What a trace's records contain: row count and step span per phase from one scan of
+    two columns; the record count per kind from the analyzers' shared pass (or, if none
+    ran, from a scan of the ``kind`` column on first use).
 
     Attributes:
         num_records: Rows of the records table.
-        kind_counts: Record count per kind.
         phase_steps: Per phase, the (first, last) step of its records.
         scalar_names: Names of the scalar series.
         num_predictions: Rows of the predictions table.
     """
 
-    num_records: int
-    kind_counts: dict[str, int]
-    phase_steps: dict[str, tuple[int, int]]
-    scalar_names: frozenset[str]
-    num_predictions: int
+    def __init__(self, trace: Trace, num_records: int, phase_steps: dict[str, tuple[int, int]], scalar_names: frozenset[str], num_predictions: int) -> None:
+        self._trace = weakref.ref(trace)
+        self.num_records = num_records
+        self.phase_steps = phase_steps
+        self.scalar_names = scalar_names
+        self.num_predictions = num_predictions
+        self._kind_counts: dict[str, int] | None = None if num_records else {}
+
+    @property
+    def kind_counts(self) -> dict[str, int]:
+        """Record count per kind."""
+        if self._kind_counts is None:
+            counts: dict[str, int] = {}
+            trace = self._trace()
+            for batch in scan_records(trace, columns=["kind"]):
+                code, names = string_codes(batch.column("kind"), KINDS)
+                for k, n in zip(names, np.bincount(code, minlength=len(names)).tolist()):
+                    counts[k] = counts.get(k, 0) + n
+            self._kind_counts = counts
+        return self._kind_counts
+
+    def observe_kinds(self, counts: dict[str, int]) -> None:
+        """Record the per-kind counts a complete pass over the records found."""
+        if self._kind_counts is None:
+            self._kind_counts = dict(counts)
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -89,27 +108,18 @@ class TraceProfile:
 _PROFILES: weakref.WeakKeyDictionary[Trace, TraceProfile] = weakref.WeakKeyDictionary()
 
 
-def _codes(col: pa.Array | pa.ChunkedArray, vocabulary: Sequence[str] = ()) -> tuple[np.ndarray, list]:
-    """Integer codes (int64) and their values for a string column."""
-    return string_codes(col, vocabulary)
-
-
 def profile(trace: Trace) -> TraceProfile:
     """The :class:`TraceProfile` of ``trace`` (computed once, then cached)."""
     cached = _PROFILES.get(trace)
     if cached is not None:
         return cached
-    kinds: dict[str, int] = {}
     spans: dict[str, list[int]] = {}
     total = 0
     if trace.has("records"):
-        for batch in scan_records(trace, columns=["step", "phase", "kind"]):
+        for batch in scan_records(trace, columns=["step", "phase"]):
             total += batch.num_rows
             steps = batch.column("step").to_numpy()
-            pcode, pdict = _codes(batch.column("phase"))
-            kcode, kdict = _codes(batch.column("kind"), KINDS)
-            for k, n in zip(kdict, np.bincount(kcode, minlength=len(kdict)).tolist()):
-                kinds[k] = kinds.get(k, 0) + n
+            pcode, pdict = string_codes(batch.column("phase"))
             for i, p in enumerate(pdict):
                 s = steps[pcode == i] if len(pdict) > 1 else steps
                 if len(s):
@@ -119,7 +129,7 @@ def profile(trace: Trace) -> TraceProfile:
     if trace.has("scalars"):
         scalar_names = frozenset(pc.unique(trace.scalars.column("name")).to_pylist())
     npred = sum(b.num_rows for b in trace.scan("predictions", columns=["step"])) if trace.has("predictions") else 0
-    prof = TraceProfile(total, kinds, {k: (int(v[0]), int(v[1])) for k, v in spans.items()}, scalar_names, npred)
+    prof = TraceProfile(trace, total, {k: (int(v[0]), int(v[1])) for k, v in spans.items()}, scalar_names, npred)
     _PROFILES[trace] = prof
     return prof
 
@@ -254,7 +264,7 @@ class RecordView:
             mask = self.index.kind_lut(kinds)[self.sid]
         if phases is not None:
             if self._phase is None:
-                self._phase = _codes(self.batch.column("phase"))
+                self._phase = string_codes(self.batch.column("phase"))
             codes, names = self._phase
             wanted = [i for i, p in enumerate(names) if p in phases]
             if len(wanted) != len(names):
@@ -285,10 +295,19 @@ def shared_pass(trace: Trace, consumers: Sequence[Any]) -> None:
     for c in consumers:
         cols.extend(x for x in c.columns if x in names)
     index = SeriesIndex()
+    per_series = np.zeros(0, dtype=np.int64)
     for batch in scan_records(trace, columns=list(dict.fromkeys(cols))):
         view = RecordView(batch, index)
+        counts = np.bincount(view.sid)
+        if len(counts) > len(per_series):
+            per_series = np.concatenate([per_series, np.zeros(len(counts) - len(per_series), dtype=np.int64)])
+        per_series[: len(counts)] += counts
         for c in consumers:
             c.consume(view)
+    kinds: dict[str, int] = {}
+    for (_node, kind, _slot), n in zip(index.keys, per_series.tolist()):
+        kinds[kind] = kinds.get(kind, 0) + n
+    profile(trace).observe_kinds(kinds)
 
 
 def column_has_values(trace: Trace, column: str, **filters: Any) -> bool:

@@ -233,7 +233,49 @@ def _dead_layers(series: LayerSeries, frac: np.ndarray, w0: int, nodes: dict, tr
             node_id=nid, node=name, step_first=int(grid.start(start)), step_last=grid.last, metric="near_zero_fraction", value=level, threshold=params["threshold"],
         ))  # fmt: skip
         dead.add(nid)
+    dead |= _dead_behind_unrecorded_rectifier(series, peak, w0, nodes, trace, has_records, dead, result)
     return dead
+
+
+def _final_run_start(ok: np.ndarray, filled: np.ndarray) -> int:
+    """Start of the last run of True over the filled buckets (gaps do not break a run)."""
+    idx = np.flatnonzero(filled)
+    start = int(idx[-1])
+    while start > 0 and (not filled[start - 1] or ok[start - 1]):
+        start -= 1
+    while not filled[start]:
+        start += 1
+    return start
+
+
+def _dead_behind_unrecorded_rectifier(series: LayerSeries, peak: np.ndarray, w0: int, nodes: dict, trace: Trace, has_records: set[int], dead: set[int], result: AnalyzerResult) -> set[int]:
+    """Layers never positive that feed a rectifier with no records of its own (``F.relu`` in a
+    forward, seen only as a graph node): that rectifier outputs nothing but zeros.
+    """
+    edges = trace.edges()
+    if not edges:
+        return set()
+    grid = series.grid
+    found: set[int] = set()
+    for i, (nid, _kind, _slot) in enumerate(series.keys):
+        if nid in dead or nid in found or not np.isfinite(peak[i, w0:]).any():
+            continue
+        top = float(np.nanmax(peak[i, w0:]))
+        if top >= 0:
+            continue
+        rect = [d for s, d, _ in edges if s == nid and d not in has_records and d < len(nodes["op_type"]) and is_rectifier(str(nodes["op_type"][d]))]
+        if not rect:
+            continue
+        filled = np.isfinite(peak[i])
+        start = _final_run_start(filled & (np.nan_to_num(peak[i], nan=0.0) < 0), filled)
+        name, after = _name(nodes, nid), _name(nodes, rect[0])
+        result.findings.append(Finding(
+            "dead", "dead-layer", "error",
+            f"Layer '{name}' is dead: every output is negative over the last steps (max {top:.3g}), since step {grid.start(start)}, and it feeds the rectifier '{after}' ({nodes['op_type'][rect[0]]}), which therefore outputs only zeros and passes no gradient: a large negative bias, a bad initialisation or an oversized update.",
+            node_id=nid, node=name, step_first=int(grid.start(start)), step_last=grid.last, metric="max", value=top, threshold=0.0,
+        ))  # fmt: skip
+        found.add(nid)
+    return found
 
 
 def _downstream_note(dead_nodes: set[int], nodes: dict) -> Any:

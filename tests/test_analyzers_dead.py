@@ -95,3 +95,31 @@ def test_constant_output_of_a_frozen_layer_that_ignores_its_input(tmp_path):
     const = {f.node: f for f in _by_code(report, "constant-output")}
     assert const["3"].severity == "warning"
     assert "'1'" not in const and "1" not in const
+
+
+class FunctionalNet(torch.nn.Module):
+    """Linear layers with ``F.relu`` between them: the rectifiers are graph nodes without records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flat = torch.nn.Flatten()
+        self.fc1 = torch.nn.Linear(64, 32)
+        self.fc2 = torch.nn.Linear(32, 32)
+        self.fc3 = torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.relu(self.fc1(self.flat(x)))
+        x = torch.nn.functional.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+@pytest.mark.parametrize("bias", [-100.0, None])
+def test_functional_relu_dead_layer_named_by_its_linear(tmp_path, bias):
+    torch.manual_seed(0)
+    model = FunctionalNet()
+    if bias is not None:
+        with torch.no_grad():
+            model.fc2.bias.fill_(bias)
+    report = ta.run(train(tmp_path / "functional.trace", model, steps=20, optimizer="adam", lr=1e-2, channels=False), names=["dead"])
+    alarming = [(f.code, f.node) for f in report.findings_list if f.severity != "info"]
+    assert alarming == ([("dead-layer", "fc2")] if bias is not None else [])

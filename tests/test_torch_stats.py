@@ -78,6 +78,18 @@ def test_native_kernel_on_every_float32_bucket():
         assert torch.equal(native.row(x)[: native.counts], ref.row(x)[: ref.counts])
 
 
+def test_native_kernel_threads_agree():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1 << 19, generator=g) * 3
+    x[12345] = float("nan")
+    x[400000] = float("-inf")
+    one, two = StatKernel(DEFAULT_BINNING), StatKernel(DEFAULT_BINNING)
+    one.threads, two.threads = 1, 3
+    a, b = one.row(x), two.row(x)
+    assert torch.equal(a[: one.counts], b[: two.counts])
+    torch.testing.assert_close(a[one.counts :], b[two.counts :], rtol=1e-12, atol=1e-9)
+
+
 def test_extras_equal_reference():
     g = torch.Generator().manual_seed(1)
     x = torch.relu(torch.randn(8, 5, 3, 3, generator=g))

@@ -70,7 +70,7 @@ class _GradientsConsumer(RecordConsumer):
         self.phases = training_phases(prof)
         span = prof.steps(self.phases)
         self.grid = StepGrid(*span, max_buckets=int(params["max_buckets"])) if span else None
-        self.stats = BucketStats(self.grid, ["rms", "l2"], extremes=["rms"]) if self.grid else None
+        self.stats = BucketStats(self.grid, ["rms", "l2", "overflow"], extremes=["rms"]) if self.grid else None
         self.nan = NanTracker()
         self.index: Any = None
 
@@ -80,7 +80,7 @@ class _GradientsConsumer(RecordConsumer):
         if self.stats is None:
             return
         rows = view.rows(kinds=(*_GRAD_KINDS, *_WEIGHT_KINDS), phases=self.phases)
-        values = {"rms": rms(view), "l2": view.f64("l2")}
+        values = {"rms": rms(view), "l2": view.f64("l2"), "overflow": (view.f64("inf_count") > 0).astype(np.float64)}
         sid, steps = view.sid, view.steps
         if rows is not None:
             if not len(rows):
@@ -202,6 +202,7 @@ def _growth_findings(series: LayerSeries, nodes: dict[str, np.ndarray], params: 
         return []
     peak = series.extreme("rms", "max")
     first_vals = series.mean("rms")
+    overflow = series.mean("overflow")
     grid = series.grid
     worst: dict[int, tuple[int, int, float, str]] = {}
     for i, (nid, kind, _slot) in enumerate(keys):
@@ -209,12 +210,15 @@ def _growth_findings(series: LayerSeries, nodes: dict[str, np.ndarray], params: 
             continue
         vals = first_vals[i]
         ok = np.flatnonzero(np.isfinite(vals) & (vals > 0))
-        if len(ok) < 2:
+        # An infinite gradient element is an overflow: the norm exploded past float range.
+        inf_hit = np.nan_to_num(overflow[i], nan=0.0) > 0
+        if len(ok) < 2 and not inf_hit.any():
             continue
         # Baseline: the start of training (first 5% of the buckets that have a value).
-        base = float(np.median(vals[ok[: max(1, len(ok) // 20)]]))
-        growth = peak[i] / base
-        hit = np.flatnonzero(np.isfinite(growth) & (growth >= params["growth_factor"]))
+        base = float(np.median(vals[ok[: max(1, len(ok) // 20)]])) if len(ok) else np.nan
+        with np.errstate(invalid="ignore", divide="ignore"):
+            growth = np.where(inf_hit, np.inf, peak[i] / base)
+        hit = np.flatnonzero(inf_hit | (np.isfinite(growth) & (growth >= params["growth_factor"])))
         if not len(hit):
             continue
         b0, b1, g = int(hit[0]), int(hit[-1]), float(np.nanmax(growth))
@@ -226,7 +230,7 @@ def _growth_findings(series: LayerSeries, nodes: dict[str, np.ndarray], params: 
         name = _node_name(nodes, nid)
         out.append(Finding(
             "gradients", "exploding-gradient", "error",
-            f"Exploding gradient at '{name}': {kind} RMS reaches {g:.3g} x its initial value, first at step {grid.start(b0)}.",
+            f"Exploding gradient at '{name}': {kind} {'overflows to Inf' if np.isinf(g) else f'RMS reaches {g:.3g} x its initial value'}, first at step {grid.start(b0)}.",
             node_id=nid, node=name, step_first=int(grid.start(b0)), step_last=grid.end(b1),
             metric=f"{kind}_rms_growth", value=g, threshold=params["growth_factor"],
         ))  # fmt: skip

@@ -115,3 +115,20 @@ def test_nan_origin_first_step_across_phases(tmp_path):
     rows = [(6, "train", 0, "activation", 0, 1), (4, "eval", 2, "activation", 2, 1), (4, "train", 1, "activation", 1, 0), (4, "train", 1, "gradient", 3, 0)]
     origin = [f for f in ta.run(_nan_trace(tmp_path, rows), names=["gradients"]).findings_list if f.code == "nan-origin"]
     assert [(f.node, f.step_first) for f in origin] == [("c", 4)] and "(eval)" in origin[0].message
+
+
+def test_gradient_overflowing_to_inf_is_exploding(tmp_path):
+    import tracefmt
+
+    path = tmp_path / "inf.trace"
+    with tracefmt.TraceWriter(path) as w:
+        w.write_nodes([{"node_id": 0, "name": "fc", "scope": "fc", "op_type": "Linear", "container": False, "inputs": [], "outputs": [], "param_count": 4, "order": 0}])
+        w.write_records([
+            {"step": s, "phase": "train", "node_id": 0, "kind": "gradient", "slot": "0", "call": 0, "dtype": "float32", "shape": [4], "numel": 4,
+             "nan_count": 0, "inf_count": 4 if s >= 6 else 0, "zero_count": 0, "pos_count": 2, "l2": 0.0 if s >= 6 else 0.02}
+            for s in range(10)
+        ])  # fmt: skip
+    report = ta.run(path, names=["gradients"])
+    exploding = [f for f in report.findings_list if f.code == "exploding-gradient"]
+    assert [(f.node, f.step_first) for f in exploding] == [("fc", 6)] and "Inf" in exploding[0].message
+    assert [(f.code, f.step_first) for f in report.findings_list if f.code == "nan-origin"] == [("nan-origin", 6)]

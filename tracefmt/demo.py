@@ -202,7 +202,9 @@ def _train(cfg: RunConfig, trace: Path, *, quick: bool, stream: TextIO, progress
     meta = {"config": cfg.name, "optimizer": "Adam", "lr": cfg.lr, "lr_final": cfg.lr_final, "dead_shift": cfg.dead_shift, "epochs": epochs, "batch": batch}
     bar = _Progress(epochs * steps_per_epoch, f"{cfg.name:>7}", stream, progress)
     final: dict[str, float] = {}
-    with TorchTracer(model, trace, optimizer=opt, matrix_stats=True, model_name="DigitsResNet", metadata=meta, mode="overwrite") as tracer:
+    # Weights every 4 steps: the checkpoints of the training-dynamics analyzer (its HMM
+    # models a run as a sequence of checkpoints; ~23 per run here).
+    with TorchTracer(model, trace, optimizer=opt, matrix_stats=True, weight_every=4, model_name="DigitsResNet", metadata=meta, mode="overwrite") as tracer:
         for epoch in range(epochs):
             tracer.epoch = epoch
             model.train()

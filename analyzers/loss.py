@@ -93,10 +93,10 @@ class LossAnalyzer(Analyzer):
         # would otherwise drag a median of the opening window up with it.
         init = float(fin[0]) if len(fin) else np.nan
         result.data["smoothed"] = sm.tolist()
-        onset = _divergence(fin, sm, init, params)
-        if onset is not None or len(bad):
-            result.findings.append(_divergence_finding(steps, y, fin, sm, onset, bad, params))
-        stop = onset if onset is not None else end
+        found = _divergence(fin, sm, init, params)
+        if found is not None or len(bad):
+            result.findings.append(_divergence_finding(steps, y, fin, sm, found, bad, params))
+        stop = found[0] if found is not None else end
         if stop >= 3:
             result.findings += _spikes(fin_steps[:stop], fin[:stop], init, params)
             result.findings += _plateaus(fin_steps[:stop], sm[:stop], params)
@@ -133,35 +133,48 @@ def _validation(scalars: Any, params: dict[str, Any], names: set[str]) -> tuple[
     return _series(scalars, str(params["loss_name"]), "eval")
 
 
-def _divergence(fin: np.ndarray, sm: np.ndarray, init: float, params: dict[str, Any]) -> int | None:
-    """Index where the final diverged stretch of the (finite) curve begins, or None."""
+def _divergence(fin: np.ndarray, sm: np.ndarray, init: float, params: dict[str, Any]) -> tuple[int, int | None] | None:
+    """``(onset, recovered)`` of the first diverged stretch of the finite curve, or None.
+
+    Diverged: the smoothed loss (a trailing median, so one or two outliers never count) is
+    above ``diverge_factor`` x its running minimum and above the initial loss. ``recovered``
+    is the index where the smoothed loss is back below that bound for good, None if it
+    stays diverged to the end.
+    """
     if len(sm) < 2:
         return None
     runmin = np.minimum.accumulate(sm)
     bad = (sm > params["diverge_factor"] * runmin) & (sm > init) & (runmin > 0)
-    if not bad[-1]:
+    if not bad.any():
         return None
-    start = len(bad) - 1
-    while start > 0 and bad[start - 1]:
-        start -= 1
+    start = int(np.flatnonzero(bad)[0])
+    recovered = None if bad[-1] else int(np.flatnonzero(bad)[-1]) + 1
     # The smoothed curve lags: the first raw point of the rise lies within one window before.
     w = max(1, int(params["smooth"]))
     lo = max(0, start - w + 1)
     ref = runmin[max(0, lo - 1)]
     raw = np.flatnonzero((fin[lo : start + 1] > params["diverge_factor"] * ref) & (fin[lo : start + 1] > init))
-    return lo + int(raw[0]) if len(raw) else start
+    return (lo + int(raw[0]) if len(raw) else start), recovered
 
 
-def _divergence_finding(steps: np.ndarray, y: np.ndarray, fin: np.ndarray, sm: np.ndarray, onset: int | None, bad: np.ndarray, params: dict[str, Any]) -> Finding:
+def _divergence_finding(steps: np.ndarray, y: np.ndarray, fin: np.ndarray, sm: np.ndarray, found: tuple[int, int | None] | None, bad: np.ndarray, params: dict[str, Any]) -> Finding:
     nan_step = int(steps[bad[0]]) if len(bad) else None
     what = "NaN" if len(bad) and np.isnan(y[bad[0]]) else "Inf"
-    if onset is not None:
-        best = float(np.min(sm[: onset + 1])) if onset >= 0 else float("nan")
-        tail = f", then becomes {what} at step {nan_step}" if nan_step is not None else f", reaching {float(np.nanmax(fin[onset:])):.4g}"
+    if found is not None:
+        onset, recovered = found
+        best = float(np.min(sm[: onset + 1]))
+        if nan_step is not None:
+            tail, sev = f", then becomes {what} at step {nan_step}", "error"
+        elif recovered is None:
+            tail, sev = f", reaching {float(np.nanmax(fin[onset:])):.4g}", "error"
+        else:
+            # Still an error: the run lost everything it had learnt, whatever came after.
+            tail, sev = f", reaching {float(np.nanmax(fin[onset:recovered])):.4g}, and only falls back by step {int(steps[recovered])}", "error"
         return Finding(
-            "loss", "divergence", "error",
+            "loss", "divergence", sev,
             f"Loss diverges from step {int(steps[onset])}: it rises above {params['diverge_factor']:g} x its best value ({best:.4g}){tail}.",
-            step_first=int(steps[onset]), step_last=int(steps[-1]), metric="loss", value=float(fin[onset]), threshold=params["diverge_factor"] * best,
+            step_first=int(steps[onset]), step_last=int(steps[recovered - 1] if recovered is not None and nan_step is None else steps[-1]),
+            metric="loss", value=float(fin[onset]), threshold=params["diverge_factor"] * best,
         )  # fmt: skip
     return Finding(
         "loss", "divergence", "error", f"Loss becomes {what} at step {nan_step}.",

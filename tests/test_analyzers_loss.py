@@ -111,3 +111,12 @@ def test_loss_name_parameter_and_missing_series(tmp_path):
     assert "loss" in report.results
     with pytest.raises(UsageError, match="loss.smooth"):
         ta.run(path, names=["loss"], params={"loss.smooth": "five"})
+
+
+def test_blow_up_that_falls_back_is_still_divergence(tmp_path):
+    y = _decay()
+    y[100:108] = 500.0  # eight steps far above everything, then training resumes
+    report = ta.run(_curve(tmp_path, y), names=["loss"])
+    div = _codes(report, "divergence")
+    assert len(div) == 1 and div[0].step_first == 100 and div[0].severity == "error"
+    assert "falls back by step" in div[0].message

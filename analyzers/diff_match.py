@@ -135,9 +135,7 @@ class _OpGroups:
         produced: set[str] = set()
         for n in members:
             if current and not any(t in produced for t in n.inputs):
-                used_outside = any(
-                    c not in member_ids and order.get(c, -1) < n.order for t in produced for c in self.side.consumers(t)
-                )
+                used_outside = any(c not in member_ids and order.get(c, -1) < n.order for t in produced for c in self.side.consumers(t))
                 if used_outside:
                     out.append(current)
                     current, produced = [], set()
@@ -297,8 +295,6 @@ def _match_module_to_ops(m: Side, o: Side, by: str, *, module_label: str) -> tup
             a_obs, b_obs = (obs, hit) if module_label == "a" else (hit, obs)
             pairs.append(Pair(key, call, a_obs, b_obs, order, frozenset(group), "b" if module_label == "a" else "a"))
     uo = [
-        _unmatched(o, x, "outside every matched module")
-        for x in o.records
-        if x[0] in o.nodes and x[0] not in covered and x not in paired
+        _unmatched(o, x, "outside every matched module") for x in o.records if x[0] in o.nodes and x[0] not in covered and x not in paired
     ]
     return pairs, um, uo

@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
 def _window(rows: list[dict], result, limit: int) -> list[dict]:  # type: ignore[no-untyped-def]
     """Rows around the first divergence (or the first rows when there is none)."""
     first = result.first_divergence
-    centre = next((r["pos"] for r in rows if first is not None and r["a_node_id"] == first.a_node_id and r["b_node_id"] == first.b_node_id), 0)
+    centre = next(
+        (r["pos"] for r in rows if first is not None and r["a_node_id"] == first.a_node_id and r["b_node_id"] == first.b_node_id), 0
+    )
     start = max(0, min(centre - limit // 2, len(rows) - limit))
     return rows[start : start + limit]

@@ -1,8 +1,8 @@
 """`tracefmt demo`: a real end-to-end run (torch training, ONNX export, ORT, analyzers, reports).
 
 One demo run, in the configuration `make demo` runs, is shared by the module's tests (the
-quick mode saves little: model export, ONNX Runtime, analyzers and reports cost the same). The broken configuration is broken by
-construction (a BatchNorm shift of -10 before ``layer1.act1``, a learning rate growing to
+quick mode saves little: model export, ONNX Runtime, analyzers and reports cost the same).
+The broken configuration is broken by construction (a BatchNorm shift of -10 before ``layer1.act1``, a learning rate growing to
 100): the analyzers must find exactly that, and nothing alarming in the healthy run.
 """
 
@@ -12,6 +12,7 @@ import io
 import re
 
 import pytest
+from test_report import CHROMIUM, page_status
 from tracefmt.analyzers.render import drawn_node_ids, render_graph
 
 import tracefmt
@@ -83,3 +84,25 @@ def test_render_pytorch_and_onnx_traces_draw_every_node(demo, name):
     assert len(titles) == len(leaves)
     # Every traced node has a value at the last step (PyTorch: train; ONNX Runtime: eval).
     assert len(g.info.overlay.values) >= 0.9 * len(leaves)
+
+
+def test_render_cli_colours_the_onnx_graph_by_diff_error(demo, tmp_path, capsys):
+    from tracefmt.cli import main
+
+    result, _ = demo
+    out = tmp_path / "diff.dot"
+    onnx_trace = result.runs["onnx-vs-torch"].trace
+    assert main(["render", str(onnx_trace), "--compare", str(result.out / "healthy-eval.trace"), "-o", str(out)]) == 0
+    assert "diff_error of activation" in capsys.readouterr().out
+    dot = out.read_text()
+    # Within tolerance everywhere: no node reaches the top of the 0..1 (x tolerance) scale.
+    assert "err " in dot and "[error]" not in dot
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make setup installs it)")
+def test_broken_report_in_chromium_shows_its_figures(demo, tmp_path):
+    result, _ = demo
+    attrs, console = page_status(result.runs["broken"].report, tmp_path)
+    assert attrs["data-loaded"] == "1" and attrs["data-errors"] == "0" and console == []
+    assert int(attrs["data-images"]) >= 8 and attrs["data-broken-images"] == "0"
+    assert int(attrs["data-svgs"]) >= 3

@@ -232,7 +232,7 @@ def _train(cfg: RunConfig, trace: Path, *, quick: bool, stream: TextIO, progress
     return model, final
 
 
-def _export_and_diff(model: Any, out: Path, stream: TextIO) -> tuple[Path, Path, Any]:
+def _export_and_diff(model: Any, out: Path) -> tuple[Path, Path, Any]:
     """Export ``model`` to ONNX, trace it with ORT and with PyTorch on one batch, diff the two."""
     import contextlib
     import io
@@ -365,7 +365,7 @@ def _run(out: Path, *, quick: bool, stream: TextIO, progress: bool, t0: float) -
         models[cfg.name], final = _train(cfg, out / f"{cfg.name}.trace", quick=quick, stream=stream, progress=progress)
         result.runs[cfg.name] = RunOutcome(cfg.name, out / f"{cfg.name}.trace", final=final)
     say("[3/4] exporting the healthy model to ONNX, tracing it with ONNX Runtime and diffing against PyTorch")
-    ort_trace, torch_eval, diff = _export_and_diff(models["healthy"], out, stream)
+    ort_trace, torch_eval, diff = _export_and_diff(models["healthy"], out)
     errors = [c.error for c in diff.compared if math.isfinite(c.error)]
     result.diff = {
         "divergent": diff.divergent,

@@ -54,7 +54,8 @@ class GraphInfo:
         drawn: Number of Graphviz nodes drawn for trace nodes (legend excluded).
         collapsed: Number of collapsed clusters among them.
         large: True when the cheaper large-graph layout was chosen.
-        marked: node_id -> worst severity of its findings.
+        marked: node_id -> worst severity of its warning and error findings (info
+            findings appear in tooltips only).
     """
 
     overlay: NodeValues
@@ -224,7 +225,7 @@ def render_graph(
             continue
         marks.setdefault(drawn_of[nid], []).append(f)
         sev = coerce(Severity, f["severity"], what="severity")
-        if nid not in marked or sev.rank > marked[nid].rank:
+        if sev is not Severity.INFO and (nid not in marked or sev.rank > marked[nid].rank):
             marked[nid] = sev
 
     n_drawn = len(set(drawn_of.values()))
@@ -260,11 +261,14 @@ def render_graph(
             fill = NO_DATA_FILL
             attrs["style"] = "rounded,filled,dashed" if scale is not None else "rounded,filled"
         found = marks.get(drawn, [])
-        if found:
-            worst = max((coerce(Severity, f["severity"]) for f in found), key=lambda s: s.rank)
-            codes = sorted({f["code"] for f in found})
+        tooltip.extend(f"[{f['severity']}] {f['code']}: {f['message']}" for f in found)
+        # Info findings (context, e.g. a diff's "within tolerance" on every node) stay in
+        # the tooltip; only warnings and errors mark the drawing.
+        alarms = [f for f in found if f["severity"] != Severity.INFO.value]
+        if alarms:
+            worst = max((coerce(Severity, f["severity"]) for f in alarms), key=lambda s: s.rank)
+            codes = sorted({f["code"] for f in alarms})
             label_lines.append(f"[{worst.value}] " + ", ".join(codes)[:40])
-            tooltip.extend(f"[{f['severity']}] {f['code']}: {f['message']}" for f in found)
             if nf is None:
                 attrs.update(color=SEVERITY_COLORS[worst], penwidth="4" if worst is Severity.ERROR else "3")
         attrs.update(fillcolor=fill, fontcolor=text_color(fill), label=_lines(label_lines), tooltip=_lines(tooltip)[:1500])
@@ -298,7 +302,6 @@ def render_graph(
         attrs["style"] = attrs.get("style", "filled").replace("rounded,", "")
         target.node(drawn, **attrs)
 
-    emitted: set[str] = set()
     top_leaves = [r for r in leaves if r["node_id"] not in hier.member_of]
     children_leaves: dict[str, list[dict[str, Any]]] = {}
     for r in leaves:
@@ -324,7 +327,6 @@ def render_graph(
     for key, c in hier.clusters.items():
         if c.parent is None:
             emit_cluster(g, key)
-    emitted.update(drawn_of.values())
 
     seen: set[tuple[str, str]] = set()
     for src, dst, _tensor in trace.edges():
@@ -338,7 +340,7 @@ def render_graph(
         extras = [(NONFINITE_FILL, "NaN / Inf present")]
         if scale is not None:
             extras.append((NO_DATA_FILL, "no record at this step"))
-        extras += [(SEVERITY_COLORS[s], f"border: {s.value} finding") for s in (Severity.ERROR, Severity.WARNING, Severity.INFO)]
+        extras += [(SEVERITY_COLORS[s], f"border: {s.value} finding") for s in (Severity.ERROR, Severity.WARNING)]
         where = f"{overlay.phase.value} step {overlay.step}" if overlay.step is not None else ""
         g.node("legend", label="<" + legend_label(scale, title=(scale.label if scale else "markers") + (f", {where}" if where else ""), extras=extras) + ">", shape="plain", style="")
     g.info = GraphInfo(overlay=overlay, scale=scale, drawn=n_drawn, collapsed=len(collapsed_keys), large=large, marked=marked)  # type: ignore[attr-defined]

@@ -63,7 +63,9 @@ METRICS: dict[Metric, MetricSpec] = {
     Metric.L2: MetricSpec("magnitude", "L2 norm"),
     Metric.MIN: MetricSpec("signed", "min"),
     Metric.MAX: MetricSpec("signed", "max"),
-    Metric.DIFF_ERROR: MetricSpec("badness", "diff error"),
+    # A diff's error is in units of its tolerance: 1 is the limit, so the scale is fixed
+    # there and everything out of tolerance gets the darkest colour.
+    Metric.DIFF_ERROR: MetricSpec("badness", "diff error (x tolerance)", (0.0, 1.0)),
     Metric.NONE: MetricSpec("badness", ""),
 }
 

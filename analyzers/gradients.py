@@ -253,10 +253,16 @@ def _update_ratios(series: LayerSeries) -> dict[tuple[int, str], tuple[np.ndarra
                 # the update by the parameter scale before the update).
                 before = _previous_value(w)
                 out[key] = (np.where(before > 0, l2[updates[key]] / before, np.nan), True)
-            elif series.grid.width == 1 and np.isfinite(w).sum() >= 2:
-                # | |W_t| - |W_t-1| | <= |W_t - W_t-1| (triangle inequality): a lower bound.
+            elif np.isfinite(w).sum() >= 2:
+                # | |W_t| - |W_s| | <= sum of |update| over the steps from s to t (triangle
+                # inequality), so the change of the norm between two buckets, divided by the
+                # steps they span, is a lower bound of the mean update per step.
+                grid = series.grid
+                filled = np.flatnonzero(np.isfinite(w) & (w > 0))
                 r = np.full_like(w, np.nan)
-                r[1:] = np.abs(np.diff(w)) / w[:-1]
+                a, b = filled[:-1], filled[1:]
+                span = np.array([grid.end(int(j)) - int(grid.start(int(i))) for i, j in zip(a, b)], dtype=np.float64)
+                r[b] = np.abs(w[b] - w[a]) / (np.maximum(span, 1.0) * w[a])
                 out[key] = (r, False)
     return out
 

@@ -137,7 +137,7 @@ def drawn_node_ids(dot_source: str) -> list[str]:
 
 
 def render_graph(
-    trace: Trace,
+    trace: Trace | str | Path,
     *,
     metric: Metric | str = Metric.DEAD_FRACTION,
     kind: Kind | str | None = None,
@@ -153,7 +153,7 @@ def render_graph(
     """Draw the trace's computation graph coloured by a metric.
 
     Args:
-        trace: The trace (PyTorch, ONNX Runtime or any conforming producer).
+        trace: The trace or its path (PyTorch, ONNX Runtime or any conforming producer).
         metric: What the fill shows (see :class:`Metric`). Defaults to the dead fraction.
         kind: Record kind the metric is computed from. Defaults to ``activation``.
         step: Step number, or None / ``'last'`` for the last step with records.
@@ -180,6 +180,10 @@ def render_graph(
         import graphviz
     except ImportError:  # pragma: no cover - depends on the environment
         raise MissingDependencyError("graphviz", "analyzers", "graph rendering") from None
+    import tracefmt
+
+    if not isinstance(trace, tracefmt.Trace):
+        trace = tracefmt.open(trace)
     metric = coerce(Metric, metric, what="metric")
     if depth is not None and depth < 0:
         raise UsageError(f"depth must be >= 0, got {depth}")

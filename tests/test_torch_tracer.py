@@ -231,6 +231,24 @@ def test_selection_and_bad_options(tmp_path):
     assert _hook_count(model) == 0
 
 
+def test_model_moved_while_traced(tmp_path):
+    # Moving the model (here to float64, the CPU-only stand-in for .to(device)) needs no
+    # re-attachment: hooks follow the modules, statistics run where the tensors are.
+    model = residual_cnn(channels=4)
+    x, y = digits(8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with TorchTracer(model, tmp_path / "t", optimizer=opt) as tracer:
+        for dtype in (torch.float32, torch.float64):
+            model.to(dtype)
+            nn.functional.cross_entropy(model(x.to(dtype)), y).backward()
+            opt.step()
+            opt.zero_grad()
+        assert tracer.step_count == 2
+    r = tracefmt.open(tmp_path / "t").records.to_table().to_pandas()
+    assert set(r[r.step == 0].dtype) == {"float32"} and set(r[r.step == 1].dtype) == {"float64"}
+    assert tracefmt.validate(tmp_path / "t").errors == []
+
+
 def test_docs_example_runs():
     # The usage example of docs/torch.md is executed as written.
     from pathlib import Path

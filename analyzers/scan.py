@@ -162,65 +162,11 @@ def scan_records(
     Progress (rows per batch) goes to the callback installed with :func:`progress_to`.
     """
     callback = _PROGRESS.get()
-    ranks = filters.pop("ranks", None)
-    expr = trace.filter_expression(**filters)
-    if where is not None:
-        expr = where if expr is None else expr & where
-    batches = _ipc_batches(trace, columns, batch_size, ranks) if expr is None else None
-    if batches is None:
-        dataset = trace.dataset("records", ranks=ranks)
-        # Arrow reads ahead 16 batches by default; two keep memory bounded at no cost in speed.
-        batches = dataset.to_batches(columns=columns, filter=expr, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
-    for batch in batches:
+    for batch in trace.scan("records", columns=columns, where=where, batch_size=batch_size, **filters):
         if batch.num_rows:
             if callback is not None:
                 callback(batch.num_rows)
             yield batch
-
-
-def _ipc_batches(trace: Trace, columns: list[str], batch_size: int, ranks: Any) -> Iterator[pa.RecordBatch] | None:
-    """Unfiltered scans of closed IPC segments, read directly: only the wanted columns' buffers.
-
-    A plain :class:`pyarrow.OSFile` read with ``IpcReadOptions(included_fields=...)`` is
-    several times faster than the dataset scanner over the same files and keeps only the
-    batch being read in memory (measured in bench/bench_analyze.py). Segments of any other
-    kind (Parquet, streams, a killed writer's file) return None: the dataset scanner reads them.
-    """
-    segs = [s for s in trace.segments("records") if ranks is None or s.rank in set(ranks)]
-    if not segs or any(s.format != "file" or not s.complete or s.schema is None for s in segs):
-        return None
-    schema = trace.dataset("records", ranks=ranks).schema
-    out_schema = pa.schema([schema.field(c) for c in columns])
-    return _read_segments(segs, out_schema, batch_size)
-
-
-def _read_segments(segs: list[Any], out_schema: pa.Schema, batch_size: int) -> Iterator[pa.RecordBatch]:
-    import pyarrow.ipc as ipc
-
-    pending: list[pa.RecordBatch] = []
-    rows = 0
-    for seg in segs:
-        present = [c for c in out_schema.names if c in seg.schema.names]
-        fields = [seg.schema.get_field_index(c) for c in present]
-        with pa.OSFile(str(seg.path)) as src:
-            reader = ipc.open_file(src, options=ipc.IpcReadOptions(included_fields=sorted(fields), use_threads=False))
-            for i in range(reader.num_record_batches):
-                b = reader.get_batch(i)
-                arrays = [b.column(c) if c in present else pa.nulls(b.num_rows, out_schema.field(c).type) for c in out_schema.names]
-                b = pa.RecordBatch.from_arrays(arrays, schema=out_schema)
-                for start in range(0, b.num_rows, batch_size):
-                    part = b.slice(start, batch_size)
-                    if not pending and part.num_rows == batch_size:
-                        yield part
-                        continue
-                    pending.append(part)
-                    rows += part.num_rows
-                    if rows >= batch_size:
-                        # Small batches (one per flush) are merged: per-batch work is amortised.
-                        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
-                        pending, rows = [], 0
-    if pending:
-        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 class RecordView:

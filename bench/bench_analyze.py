@@ -106,10 +106,9 @@ _COLUMNS = ["step", "phase", "node_id", "kind", "slot", "numel", "nan_count", "i
 
 def _child(path: str, what: str) -> None:
     """Run in a fresh process (so its peak RSS is its own): the baseline scan or the analyzers."""
+    import tracefmt
     import tracefmt.analyzers as ta
     from tracefmt.analyzers.scan import profile, scan_records
-
-    import tracefmt
 
     trace = tracefmt.open(path)
     usage = resource.getrusage(resource.RUSAGE_SELF)

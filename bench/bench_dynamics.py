@@ -24,6 +24,7 @@ import time
 import warnings
 
 import numpy as np
+
 from tracefmt.analyzers.dynamics import FEATURES, DynamicsOptions, RunFeatures, fit_dynamics, select_model, zscore_runs
 
 K_MAX, RESTARTS, RUNS, CHECKPOINTS = 8, 5, 10, 200

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import onnx
-from tracefmt.adapters.onnxruntime import load_graph, random_feed, trace_onnx
-from tracefmt.analyzers.render import render_graph, save
 
 import tracefmt
+from tracefmt.adapters.onnxruntime import load_graph, random_feed, trace_onnx
+from tracefmt.analyzers.render import render_graph, save
 
 
 def _cpu() -> float:

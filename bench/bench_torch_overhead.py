@@ -28,6 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from models import residual_cnn, tiny_gpt2  # noqa: E402
+
 from tracefmt.adapters.torch import TorchTracer  # noqa: E402
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from models import deep_mlp, digits
 from torch import nn
+
 from tracefmt.adapters.torch import TorchTracer
 
 # Tiny tensors: one intra-op thread avoids spin-waiting when the test workers share the cores.

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# pytest-xdist runs one worker per core: one intra-op thread each avoids oversubscription
+# (set before any test module imports torch, which reads it once).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import tracefmt.analyzers as ta
 from _analyzer_runs import cached, healthy_mlp, mlp, train
 
 import tracefmt
+import tracefmt.analyzers as ta
 from tracefmt.stats import tensor_stats
 
 

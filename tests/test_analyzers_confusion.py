@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import tracefmt.analyzers as ta
 from _analyzer_runs import cached, healthy_mlp, mlp, train
 
 import tracefmt
+import tracefmt.analyzers as ta
 
 
 def test_matrix_and_accuracy_match_the_predictions_table():

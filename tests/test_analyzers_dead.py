@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import tracefmt.analyzers as ta
 from _analyzer_runs import cached, mlp, train
+
+import tracefmt.analyzers as ta
 from tracefmt.adapters.torch import FASTAI_BINNING
 
 # deep_mlp(depth=3): '0' Flatten, '1' Linear, '2' ReLU, '3' Linear, '4' ReLU, '5' Linear, '6' ReLU, '7' Linear.

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import tracefmt.analyzers as ta
 from _analyzer_runs import LR_JUMP_STEP, cached, lr_jump, mlp, train
+
+import tracefmt.analyzers as ta
 
 
 def _codes(report, code):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import tracefmt.analyzers as ta
 from _analyzer_runs import cached, healthy_mlp, train
 from models import residual_cnn
+
+import tracefmt.analyzers as ta
 
 CORE = ["activations", "dead", "gradients", "loss", "confusion"]
 

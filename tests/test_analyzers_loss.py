@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
-import tracefmt.analyzers as ta
 from _analyzer_runs import LR_JUMP_STEP, cached, healthy_mlp, lr_jump, memorise
 
 import tracefmt
+import tracefmt.analyzers as ta
 from tracefmt.errors import UsageError
 
 

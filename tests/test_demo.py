@@ -13,9 +13,9 @@ import re
 
 import pytest
 from test_report import CHROMIUM, page_status
-from tracefmt.analyzers.render import drawn_node_ids, render_graph
 
 import tracefmt
+from tracefmt.analyzers.render import drawn_node_ids, render_graph
 from tracefmt.demo import DEAD_LAYER, run_demo
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from tracefmt.adapters.onnxruntime import trace_onnx
 from tracefmt.analyzers.diff import diff_traces
-
 from tracefmt.cli import main
 
 
@@ -76,9 +76,8 @@ def test_cli_exit_codes_and_formats(traces, capsys):
 
 
 def test_findings_colour_the_graph_by_diff_error(traces):
-    from tracefmt.analyzers.render.graph import render_graph
-
     import tracefmt
+    from tracefmt.analyzers.render.graph import render_graph
 
     result = diff_traces(traces / "changed", traces / "ref")
     graph = render_graph(tracefmt.open(traces / "changed"), metric="diff_error", findings=result.findings)

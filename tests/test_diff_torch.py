@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 from models import digits, residual_cnn
+
 from tracefmt.adapters.torch import trace_forward
 from tracefmt.analyzers.diff import diff_traces
-
 from tracefmt.errors import UsageError
 
 

@@ -21,10 +21,10 @@ import torch
 from models import digits, residual_cnn, tiny_gpt2
 from onnx import numpy_helper
 from torch import nn
+
 from tracefmt.adapters.onnxruntime import load_graph, trace_onnx
 from tracefmt.adapters.torch import trace_forward
 from tracefmt.analyzers.diff import diff_traces
-
 from tracefmt.findings import findings_table
 from tracefmt.schema import FINDINGS
 

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+
 from tracefmt.analyzers.dynamics import (
     FEATURES,
     DynamicsOptions,
@@ -21,7 +22,6 @@ from tracefmt.analyzers.dynamics import (
     zscore_runs,
 )
 from tracefmt.analyzers.dynamics.fitting import bic, fit_hmm, split_runs
-
 from tracefmt.errors import UsageError
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
+
 from tracefmt.analyzers.dynamics import log_posterior_gradient, log_transition_posterior, transition_drivers
 from tracefmt.analyzers.dynamics.fitting import fit_hmm
 

@@ -16,10 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
+import tracefmt  # noqa: E402
 from tracefmt.adapters.torch import TorchTracer  # noqa: E402
 from tracefmt.analyzers.dynamics import FEATURES, DynamicsAnalyzer, read_states  # noqa: E402
-
-import tracefmt  # noqa: E402
 
 SEEDS = (0, 1, 2, 3)
 EPOCHS = 16

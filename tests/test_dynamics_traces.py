@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from tracefmt.analyzers.dynamics import FEATURES, STATES, DynamicsAnalyzer, DynamicsOptions, extract_features, read_states
 
 import tracefmt
+from tracefmt.analyzers.dynamics import FEATURES, STATES, DynamicsAnalyzer, DynamicsOptions, extract_features, read_states
 from tracefmt.errors import UsageError
 from tracefmt.schema import spec_column_table
 from tracefmt.stats import matrix_stats, tensor_stats

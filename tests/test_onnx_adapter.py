@@ -9,10 +9,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tracefmt.adapters.onnxruntime import load_graph, random_feed, recover_scopes, trace_onnx
-from tracefmt.adapters.onnxruntime.chunks import estimate_sizes, plan_chunks
 
 import tracefmt
+from tracefmt.adapters.onnxruntime import load_graph, random_feed, recover_scopes, trace_onnx
+from tracefmt.adapters.onnxruntime.chunks import estimate_sizes, plan_chunks
 from tracefmt.errors import UsageError
 from tracefmt.histogram import FASTAI_BINNING
 from tracefmt.stats import channel_stats, tensor_stats

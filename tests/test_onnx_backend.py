@@ -18,10 +18,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from tracefmt.adapters.onnxruntime import load_graph, random_feed, read_array, trace_onnx
-from tracefmt.analyzers.diff_compare import Tolerance, compare_stats
 
 import tracefmt
+from tracefmt.adapters.onnxruntime import load_graph, random_feed, read_array, trace_onnx
+from tracefmt.analyzers.diff_compare import Tolerance, compare_stats
 from tracefmt.errors import UsageError
 from tracefmt.stats import tensor_stats
 

@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
-import tracefmt.analyzers as ta
 
 import tracefmt
+import tracefmt.analyzers as ta
 from tracefmt.cli import main
 from tracefmt.errors import UsageError
 from tracefmt.schema import FINDINGS

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 from _render_traces import FINDINGS, LEAVES, write_trace
+
+import tracefmt
 from tracefmt.analyzers.render import Metric, drawn_node_ids, render_graph, save
 from tracefmt.analyzers.render.colors import NONFINITE_FILL, SEVERITY_COLORS
 from tracefmt.analyzers.render.metrics import combine
-
-import tracefmt
 from tracefmt.cli import main
 from tracefmt.enums import Severity
 from tracefmt.findings import findings_table

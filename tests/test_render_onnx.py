@@ -13,10 +13,10 @@ from pathlib import Path
 
 import onnx
 import pytest
-from tracefmt.adapters.onnxruntime import load_graph, random_feed, trace_onnx
-from tracefmt.analyzers.render import LARGE_GRAPH, drawn_node_ids, render_graph, save
 
 import tracefmt
+from tracefmt.adapters.onnxruntime import load_graph, random_feed, trace_onnx
+from tracefmt.analyzers.render import LARGE_GRAPH, drawn_node_ids, render_graph, save
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 MODELS = sorted(LIGHT.glob("light_*.onnx"))

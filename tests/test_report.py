@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _render_traces import write_trace
+
 from tracefmt.analyzers.render import build_report, write_report
 from tracefmt.analyzers.render.colors import NONFINITE_FILL
-
 from tracefmt.cli import main
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

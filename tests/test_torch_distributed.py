@@ -8,9 +8,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from models import residual_cnn
 from torch import nn
-from tracefmt.adapters.torch import TorchTracer
 
 import tracefmt
+from tracefmt.adapters.torch import TorchTracer
 
 
 def _worker(rank: int, world_size: int, init_file: str, path: str) -> None:

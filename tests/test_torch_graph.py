@@ -6,9 +6,9 @@ import pytest
 import torch
 from models import digits, gru_classifier, residual_cnn, tiny_gpt2
 from torch import nn
-from tracefmt.adapters.torch import TorchTracer, trace_forward
 
 import tracefmt
+from tracefmt.adapters.torch import TorchTracer, trace_forward
 
 
 @pytest.fixture(autouse=True)

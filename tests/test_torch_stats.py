@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from tracefmt.adapters.torch.device_stats import StatKernel
 from tracefmt.adapters.torch.extras import channel_vector, matrix_vector, median_vector
-
 from tracefmt.histogram import DEFAULT_BINNING, FASTAI_BINNING, Binning
 from tracefmt.stats import channel_stats, matrix_stats, tensor_stats
 

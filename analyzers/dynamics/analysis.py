@@ -133,9 +133,11 @@ _ISSUE_WORDS = {
 def fit_findings(selection: Selection, *, restarts: int) -> list[Finding]:
     """Summarise captured fitting problems: one finding per (K, kind).
 
-    Problems of the chosen K are warnings; those of other K are info (they did not make it
-    into the result), and so is EM rounding (a log-likelihood drop smaller than tol).
+    Problems of the kept restart of the chosen K are warnings; those of other restarts and
+    of other K are info (they did not make it into the result), and so is EM rounding (a
+    log-likelihood drop smaller than tol).
     """
+    kept = selection.best.restart
     grouped: dict[tuple[int, str], list[tuple[int, str]]] = defaultdict(list)
     for issue in selection.issues:
         grouped[(issue.k, issue.kind)].append((issue.restart, issue.message))
@@ -143,7 +145,8 @@ def fit_findings(selection: Selection, *, restarts: int) -> list[Finding]:
     for (k, kind), items in sorted(grouped.items()):
         n = len({r for r, _ in items})
         code = {"not-converged": "dynamics-not-converged", "degenerate": "dynamics-degenerate-fit"}.get(kind, "dynamics-fit-warning")
-        severity = "warning" if k == selection.best_k and kind != "rounding" else "info"
+        in_result = k == selection.best_k and kept in {r for r, _ in items}
+        severity = "warning" if in_result and kind != "rounding" else "info"
         first = items[0][1].strip().splitlines()[0][:200]
         what = _ISSUE_WORDS.get(kind, "warned")
         out.append(Finding(ANALYZER, code, severity, f"K={k}: {n} of {restarts} restart(s) {what}: {first}",

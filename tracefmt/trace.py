@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.ipc as ipc
 
 from ._conform import conform_table
@@ -17,6 +16,17 @@ from .errors import TraceFormatError, TraceNotFoundError
 from .manifest import read_manifest
 from .schema import FINDINGS, NODES, TABLES
 from .segments import Segment, list_segments, open_segment
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
+
+
+def _ds() -> Any:
+    """pyarrow.dataset, imported on first use: it adds ~60 MiB to a process that only writes."""
+    import pyarrow.dataset
+
+    return pyarrow.dataset
+
 
 __all__ = ["Trace", "open", "StepRange"]
 
@@ -138,17 +148,17 @@ class Trace:
             if s.format != "parquet" and s.schema is not None:
                 _check_types(s, tdef)
         if files:
-            children.append(ds.dataset(files, format="arrow", schema=schema))
+            children.append(_ds().dataset(files, format="arrow", schema=schema))
         if parquet:
-            children.append(ds.dataset(parquet, format="parquet", schema=schema))
+            children.append(_ds().dataset(parquet, format="parquet", schema=schema))
         for s in loaded:
             t = pa.Table.from_batches(s.batches, schema=s.schema) if s.batches else s.schema.empty_table()
-            children.append(ds.dataset(conform_table(t, schema, where=str(s.path))))
+            children.append(_ds().dataset(conform_table(t, schema, where=str(s.path))))
         if not children:
-            return ds.dataset(schema.empty_table())
+            return _ds().dataset(schema.empty_table())
         if len(children) == 1:
             return children[0]
-        return ds.dataset(children)
+        return _ds().dataset(children)
 
     @property
     def records(self) -> ds.Dataset:
@@ -172,7 +182,7 @@ class Trace:
         files = sorted(root.glob("*.arrow")) if root.is_dir() else []
         if not files:
             return None
-        return ds.dataset([str(f) for f in files], format="arrow", schema=FINDINGS.schema).to_table()
+        return _ds().dataset([str(f) for f in files], format="arrow", schema=FINDINGS.schema).to_table()
 
     def has(self, table: str) -> bool:
         """True if ``table`` is present with at least one segment (or file)."""
@@ -303,7 +313,7 @@ class Trace:
                 raise TraceFormatError(f"{seg.path}: {seg.problem}")
             table = _load(seg)
             if expr is not None:
-                table = ds.dataset(table).to_table(filter=expr)
+                table = _ds().dataset(table).to_table(filter=expr)
             if not table.num_rows:
                 continue
             values = table.column("values").combine_chunks().to_numpy_ndarray()
@@ -357,7 +367,7 @@ def _read_ipc_segments(segs: list[Segment], out_schema: pa.Schema, batch_size: i
 def _load(seg: Segment) -> pa.Table:
     if seg.batches or not seg.complete:
         return pa.Table.from_batches(seg.batches, schema=seg.schema)
-    return ds.dataset(str(seg.path), format="parquet" if seg.format == "parquet" else "arrow").to_table()
+    return _ds().dataset(str(seg.path), format="parquet" if seg.format == "parquet" else "arrow").to_table()
 
 
 def _extended(base: pa.Schema, other: pa.Schema | None) -> pa.Schema:

@@ -22,8 +22,8 @@ from tracefmt import Trace
 from tracefmt.findings import Finding
 
 from .base import AnalyzerResult, Needs, Param, RecordConsumer, StreamingAnalyzer
-from .scan import node_table, profile, training_phases
-from .series import BucketHistograms, BucketStats, HistBlock, LayerSeries, StepGrid
+from .scan import node_table, training_grid
+from .series import BucketHistograms, BucketStats, HistBlock, LayerSeries
 
 __all__ = ["ActivationsAnalyzer", "BOUNDED_OPS", "saturation_rms", "saturated_fraction_bound"]
 
@@ -93,12 +93,10 @@ class _ActivationsConsumer(RecordConsumer):
     def __init__(self, trace: Trace, params: dict[str, Any]) -> None:
         self.trace = trace
         self.params = params
-        prof = profile(trace)
-        self.phases = training_phases(prof)
-        span = prof.steps(self.phases)
-        self.grid = StepGrid(*span, max_buckets=int(params["max_buckets"])) if span else None
+        self.phases, self.grid = training_grid(trace, params["max_buckets"])
         self.stats = BucketStats(self.grid, ["mean", "std"], extremes=[]) if self.grid else None
-        self.hists = BucketHistograms(StepGrid(*span, max_buckets=int(params["hist_buckets"]))) if span else None
+        hist_grid = training_grid(trace, params["hist_buckets"])[1]
+        self.hists = BucketHistograms(hist_grid) if hist_grid else None
         self.samples = max(1, int(params["hist_samples"]))
         self.index: Any = None
 

@@ -21,7 +21,7 @@ from tracefmt import Trace
 from tracefmt.findings import Finding
 
 from .base import AnalyzerResult, Needs, Param, RecordConsumer, StreamingAnalyzer
-from .scan import node_table, profile, training_phases
+from .scan import node_table, training_grid
 from .series import BucketStats, LayerSeries, StepGrid, finite_count
 
 __all__ = ["DeadAnalyzer", "near_zero_mask", "is_rectifier"]
@@ -84,10 +84,7 @@ class _DeadConsumer(RecordConsumer):
     def __init__(self, trace: Trace, params: dict[str, Any]) -> None:
         self.trace = trace
         self.params = params
-        prof = profile(trace)
-        self.phases = training_phases(prof)
-        span = prof.steps(self.phases)
-        self.grid = StepGrid(*span, max_buckets=int(params["max_buckets"])) if span else None
+        self.phases, self.grid = training_grid(trace, params["max_buckets"])
         self.stats = BucketStats(self.grid, ["dead", "zero", "mean", "std", "l2", "max"], extremes=["mean", "std", "l2", "max"]) if self.grid else None
         if self.grid is not None:
             self.w0 = min(self.grid.size - 1, int(np.floor(self.grid.size * (1.0 - float(params["window"])))))

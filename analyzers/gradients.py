@@ -23,7 +23,7 @@ from tracefmt.findings import Finding
 
 from .base import AnalyzerResult, Needs, Param, RecordConsumer, StreamingAnalyzer
 from .nan_origin import NanOrigin, NanTracker
-from .scan import node_table, profile, training_phases
+from .scan import node_table, training_grid
 from .series import BucketStats, LayerSeries, StepGrid, nanmedian_rows, rms
 
 __all__ = ["GradientsAnalyzer"]
@@ -66,10 +66,7 @@ class _GradientsConsumer(RecordConsumer):
     def __init__(self, trace: Trace, params: dict[str, Any]) -> None:
         self.trace = trace
         self.params = params
-        prof = profile(trace)
-        self.phases = training_phases(prof)
-        span = prof.steps(self.phases)
-        self.grid = StepGrid(*span, max_buckets=int(params["max_buckets"])) if span else None
+        self.phases, self.grid = training_grid(trace, params["max_buckets"])
         self.stats = BucketStats(self.grid, ["rms", "l2", "overflow"], extremes=["rms"]) if self.grid else None
         self.nan = NanTracker()
         self.index: Any = None

@@ -24,7 +24,7 @@ import pyarrow.dataset as ds
 
 from tracefmt import Trace
 
-from .series import KINDS, HistBlock, SeriesIndex, column_f64, histogram_blocks, string_codes
+from .series import KINDS, HistBlock, SeriesIndex, StepGrid, column_f64, histogram_blocks, string_codes
 
 __all__ = [
     "TraceProfile",
@@ -33,6 +33,7 @@ __all__ = [
     "scan_records",
     "shared_pass",
     "training_phases",
+    "training_grid",
     "progress_to",
     "column_has_values",
     "node_table",
@@ -139,6 +140,14 @@ def training_phases(prof: TraceProfile) -> list[str]:
     if "train" in prof.phase_steps:
         return ["train"]
     return sorted(prof.phase_steps)
+
+
+def training_grid(trace: Trace, max_buckets: int) -> tuple[list[str], StepGrid | None]:
+    """The training phases of ``trace`` and the step grid over their span (None without records)."""
+    prof = profile(trace)
+    phases = training_phases(prof)
+    span = prof.steps(phases)
+    return phases, (StepGrid(*span, max_buckets=int(max_buckets)) if span else None)
 
 
 def scan_records(

@@ -285,13 +285,7 @@ def _check_nodes(root: Path, out: _Collector, report: ValidationReport, *, requi
         out.add(Severity.ERROR, "unreadable", f"not an Arrow IPC file or stream ({exc})", table="nodes", file=path)
         return None
     report.rows_checked["nodes"] = table.num_rows
-    for issue in check_schema(NODES, table.schema):
-        out.add_issue(issue, table="nodes", file=path, row_offset=0)
-    offset = 0
-    for batch in table.to_batches():
-        for issue in check_batch(NODES, batch, context={}):
-            out.add_issue(issue, table="nodes", file=path, row_offset=offset)
-        offset += batch.num_rows
+    _check_whole_table(NODES, table, out, path)
     if not ("node_id" in table.schema.names and table.schema.field("node_id").type == NODES.column("node_id").type):
         return None
     ids = table.column("node_id").to_numpy(zero_copy_only=False)
@@ -411,6 +405,18 @@ def _check_segment_readable(seg: Segment, out: _Collector) -> bool:
     return False
 
 
+def _check_whole_table(tdef: Any, table: pa.Table, out: _Collector, path: Path) -> int:
+    """Schema and per-batch checks of a table read whole (nodes, findings); returns its rows."""
+    for issue in check_schema(tdef, table.schema):
+        out.add_issue(issue, table=tdef.name, file=path, row_offset=0)
+    offset = 0
+    for batch in table.to_batches():
+        for issue in check_batch(tdef, batch, context={}):
+            out.add_issue(issue, table=tdef.name, file=path, row_offset=offset)
+        offset += batch.num_rows
+    return offset
+
+
 def _check_findings(root: Path, out: _Collector, report: ValidationReport) -> None:
     fdir = root / "findings"
     if not fdir.is_dir():
@@ -422,12 +428,5 @@ def _check_findings(root: Path, out: _Collector, report: ValidationReport) -> No
         except (pa.ArrowInvalid, OSError) as exc:
             out.add(Severity.ERROR, "unreadable", f"not an Arrow IPC file ({exc})", table="findings", file=path)
             continue
-        for issue in check_schema(FINDINGS, table.schema):
-            out.add_issue(issue, table="findings", file=path, row_offset=0)
-        offset = 0
-        for batch in table.to_batches():
-            for issue in check_batch(FINDINGS, batch, context={}):
-                out.add_issue(issue, table="findings", file=path, row_offset=offset)
-            offset += batch.num_rows
-        rows += offset
+        rows += _check_whole_table(FINDINGS, table, out, path)
     report.rows_checked["findings"] = rows

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from tracefmt import Trace
+from tracefmt.op_classes import OpClass, node_op_classes
 
 from .series import KINDS, HistBlock, SeriesIndex, StepGrid, column_f64, histogram_blocks, string_codes
 
@@ -67,7 +68,9 @@ class TraceProfile:
         num_predictions: Rows of the predictions table.
     """
 
-    def __init__(self, trace: Trace, num_records: int, phase_steps: dict[str, tuple[int, int]], scalar_names: frozenset[str], num_predictions: int) -> None:
+    def __init__(
+        self, trace: Trace, num_records: int, phase_steps: dict[str, tuple[int, int]], scalar_names: frozenset[str], num_predictions: int
+    ) -> None:
         self._trace = weakref.ref(trace)
         self.num_records = num_records
         self.phase_steps = phase_steps
@@ -279,8 +282,11 @@ def node_table(trace: Trace) -> dict[str, np.ndarray]:
     """The nodes table as numpy arrays indexed by node_id (dense lookup tables).
 
     Returns:
-        ``name``, ``op_type`` (object arrays), ``order`` (int64, -1 when null),
-        ``param_count`` (int64), ``container`` (bool), each of length max(node_id) + 1.
+        ``name``, ``op_type``, ``op_class`` (object arrays; ``op_class`` holds
+        :class:`~tracefmt.op_classes.OpClass` members, from the column or inferred from
+        ``op_type`` where the trace does not state them), ``order`` (int64, -1 when null),
+        ``param_count`` (int64), ``container`` (bool), each of length max(node_id) + 1;
+        ``op_class_inferred`` (int): how many classes were inferred.
     """
     n = trace.nodes
     ids = n.column("node_id").to_numpy()
@@ -288,13 +294,18 @@ def node_table(trace: Trace) -> dict[str, np.ndarray]:
     out = {
         "name": np.full(size, None, dtype=object),
         "op_type": np.full(size, "", dtype=object),
+        "op_class": np.full(size, OpClass.OTHER, dtype=object),
         "order": np.full(size, -1, dtype=np.int64),
         "param_count": np.zeros(size, dtype=np.int64),
         "container": np.zeros(size, dtype=bool),
         "known": np.zeros(size, dtype=bool),
     }
     out["name"][ids] = n.column("name").to_pylist()
-    out["op_type"][ids] = n.column("op_type").to_pylist()
+    op_type = n.column("op_type").to_pylist()
+    out["op_type"][ids] = op_type
+    stated = n.column("op_class").to_pylist() if "op_class" in n.schema.names else [None] * len(ids)
+    classes, out["op_class_inferred"] = node_op_classes(stated, op_type, n.column("container").to_pylist())
+    out["op_class"][ids] = np.array(classes, dtype=object)
     out["order"][ids] = n.column("order").fill_null(-1).to_numpy()
     out["param_count"][ids] = n.column("param_count").to_numpy()
     out["container"][ids] = n.column("container").to_numpy(zero_copy_only=False)

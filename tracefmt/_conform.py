@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 
 from .enums import Kind, Phase
 from .errors import TraceFormatError, UsageError
+from .op_classes import OpClass
 from .schema import TableDef
 
 __all__ = ["to_batch", "conform_table", "ENUM_COLUMNS"]
@@ -18,6 +19,7 @@ __all__ = ["to_batch", "conform_table", "ENUM_COLUMNS"]
 ENUM_COLUMNS: dict[str, tuple[str, ...]] = {
     "kind": tuple(k.value for k in Kind),
     "phase": tuple(p.value for p in Phase),
+    "op_class": tuple(c.value for c in OpClass),
 }
 _ENUM_SETS = {name: pa.array(values) for name, values in ENUM_COLUMNS.items()}
 
@@ -64,7 +66,11 @@ def to_batch(table: TableDef, data: Any, *, check_enums: bool = True) -> pa.Tabl
         if col.name in present:
             values = data.column(col.name) if isinstance(data, (pa.RecordBatch, pa.Table)) else data[col.name]
             try:
-                arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, type=col.type, from_pandas=not _is_float(col.type))
+                arr = (
+                    values
+                    if isinstance(values, (pa.Array, pa.ChunkedArray))
+                    else pa.array(values, type=col.type, from_pandas=not _is_float(col.type))
+                )
                 if arr.type != col.type:
                     arr = arr.cast(col.type)
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
@@ -72,7 +78,8 @@ def to_batch(table: TableDef, data: Any, *, check_enums: bool = True) -> pa.Tabl
             if not col.nullable and arr.null_count:
                 raise UsageError(f"{table.name}: column '{col.name}' must not contain nulls ({arr.null_count} found)")
             if check_enums and col.name in _ENUM_SETS and len(arr):
-                bad = pc.filter(arr, pc.invert(pc.is_in(arr, value_set=_ENUM_SETS[col.name])))
+                present_values = arr.drop_null()  # nullable enumerations (op_class) may hold nulls
+                bad = pc.filter(present_values, pc.invert(pc.is_in(present_values, value_set=_ENUM_SETS[col.name])))
                 if len(bad):
                     raise UsageError(
                         f"{table.name}: column '{col.name}' has unknown value {bad[0].as_py()!r}; "

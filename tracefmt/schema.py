@@ -33,7 +33,7 @@ __all__ = [
 
 FORMAT_NAME = "tracefmt"
 #: The version this library writes; readers accept any 1.x (spec section 'Versioning').
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ NODES = TableDef(
         Column("name", _STR, False, "Framework-native name (PyTorch module qualified name, ONNX node name)."),
         Column("scope", _STR, False, "Canonical hierarchical path joining frameworks: the PyTorch module qualified name ('layer1.0.conv1'); '' when unknown."),
         Column("op_type", _STR, False, "Operation or module class ('Conv2d', 'Conv', 'ReLU', ...)."),
+        Column("op_class", _STR, True, "One of the OpClass enumeration (what the node computes, framework-independent); null when the producer cannot tell. Since 1.1."),
         Column("parent", _I32, True, "node_id of the enclosing container node, null for top-level nodes."),
         Column("container", _BOOL, False, "True for hierarchy-only nodes (a module that contains others); they take no part in edges."),
         Column("inputs", pa.list_(_STR), False, "Names of the tensors the node consumes (in argument order)."),

@@ -16,6 +16,7 @@ from typing import Any
 
 from tracefmt.errors import TraceNotFoundError, UsageError
 
+from .op_classes import onnx_op_class
 from .scopes import recover_scopes
 
 __all__ = ["GraphInfo", "load_graph", "SUBGRAPH_OPS"]
@@ -169,6 +170,7 @@ class GraphInfo:
     def node_rows(self) -> list[dict[str, Any]]:
         """Rows of the trace's ``nodes`` table, one per top-level node, node_id = order."""
         counted: set[str] = set()
+        constants = set(self.initializers) | {o for n in self.nodes if n.op_type == "Constant" for o in n.output}
         rows = []
         for i, node in enumerate(self.nodes):
             params = 0
@@ -184,6 +186,7 @@ class GraphInfo:
                     "name": self.names[i],
                     "scope": self.scopes[i],
                     "op_type": self.op_type(i),
+                    "op_class": onnx_op_class(self.op_type(i), list(node.input), constants).value,
                     "parent": None,
                     "container": False,
                     "inputs": [n for n in node.input if n],

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .op_classes import functional_op_class, module_op_class
 from .slots import tensor_slots
 
 __all__ = ["ModuleIndex", "GraphRecorder", "module_attributes"]
@@ -243,7 +244,15 @@ class GraphRecorder:
             self._set_name(t, tname)
             out_names.append(tname)
         self.functional.append(
-            {"name": name, "scope": scope, "op_type": op, "parent": enclosing, "inputs": list(dict.fromkeys(inputs)), "outputs": out_names}
+            {
+                "name": name,
+                "scope": scope,
+                "op_type": op,
+                "op_class": functional_op_class(op, len(set(inputs))).value,
+                "parent": enclosing,
+                "inputs": list(dict.fromkeys(inputs)),
+                "outputs": out_names,
+            }
         )
         self.order[-len(self.functional)] = len(self.order)
 
@@ -259,6 +268,7 @@ class GraphRecorder:
                     "name": idx.name(i),
                     "scope": idx.qualname[i],
                     "op_type": type(m).__name__,
+                    "op_class": module_op_class(m, container=not idx.leaf[i]).value,
                     "parent": idx.parent[i],
                     "container": not idx.leaf[i],
                     "inputs": self.inputs[i] if idx.leaf[i] else [],
@@ -277,6 +287,7 @@ class GraphRecorder:
                     "name": f["name"],
                     "scope": f["scope"],
                     "op_type": f["op_type"],
+                    "op_class": f["op_class"],
                     "parent": f["parent"],
                     "container": False,
                     "inputs": f["inputs"],

@@ -125,6 +125,15 @@ def record_rows(steps: int = 3, rank: int = 0) -> list[dict]:
     return rows
 
 
+# Format 1.1 added nodes.op_class (section 'Enumerations', OpClass).
+NODES_1_1 = NODES.insert(4, pa.field("op_class", STR))
+OP_CLASSES = ["container", "linear", "rectifier", "linear"]
+
+
+def nodes_with_op_class(classes: list[str | None]) -> pa.Table:
+    return table(NODES_1_1, [dict(r, op_class=c) for r, c in zip(NODE_ROWS, classes)])
+
+
 def table(schema: pa.Schema, rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
@@ -248,6 +257,12 @@ def generate() -> None:
     case("valid_truncated_segment", "valid", "writer killed: footer-less segment with a cut last batch; warnings only",
          codes=["truncated-segment", "incomplete"], mentions=["truncated", "complete"], readable_rows={"records": 10},
          build=build_truncated)  # fmt: skip
+    case("valid_op_class", "valid", "format 1.1: every node states its op_class (the op vocabulary); one is null (producer cannot tell)",
+         readable_rows={"records": 15}, build=lambda p: write_trace(p, **base(man=manifest(format_version="1.1"),
+                                                                            nodes=nodes_with_op_class(OP_CLASSES[:3] + [None]))))  # fmt: skip
+    case("invalid_bad_op_class", "invalid", "a node has op_class 'relu' (an op_type, not a value of the OpClass enumeration)",
+         codes=["bad-enum"], mentions=["relu"], build=lambda p: write_trace(p, **base(man=manifest(format_version="1.1"),
+                                                                                      nodes=nodes_with_op_class(["container", "linear", "relu", "linear"]))))  # fmt: skip
     case("invalid_missing_column", "invalid", "records lack the required column 'kind'",
          codes=["missing-column"], mentions=["kind"], build=lambda p: write_trace(p, **base(records=recs.drop_columns(["kind"]))))  # fmt: skip
     case("invalid_wrong_type", "invalid", "records.step is int32 instead of int64",

@@ -64,7 +64,11 @@ def to_batch(table: TableDef, data: Any, *, check_enums: bool = True) -> pa.Tabl
         if col.name in present:
             values = data.column(col.name) if isinstance(data, (pa.RecordBatch, pa.Table)) else data[col.name]
             try:
-                arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, type=col.type, from_pandas=not _is_float(col.type))
+                arr = (
+                    values
+                    if isinstance(values, (pa.Array, pa.ChunkedArray))
+                    else pa.array(values, type=col.type, from_pandas=not _is_float(col.type))
+                )
                 if arr.type != col.type:
                     arr = arr.cast(col.type)
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:

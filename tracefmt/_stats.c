@@ -404,8 +404,114 @@ fail_x:
     return NULL;
 }
 
+/* Per-channel sums of an array viewed as (outer, channels, inner): for each channel, the
+ * elements in (outer, inner) order, element j of the channel to lane j % LANES, non-finite
+ * elements adding +0.0, the lanes then added in order; counts of finite and positive
+ * elements. */
+#define DEFINE_CHANNELS(T, SUFFIX, TMAX)                                                                                         \
+    static void channels_##SUFFIX(const T *x, int64_t outer, int64_t nch, int64_t inner, double *sum, int64_t *fin, int64_t *pos, \
+                                  double *acc) {                                                                                 \
+        memset(acc, 0, sizeof(double) * (size_t)(nch * LANES));                                                                  \
+        memset(fin, 0, sizeof(int64_t) * (size_t)nch);                                                                           \
+        memset(pos, 0, sizeof(int64_t) * (size_t)nch);                                                                           \
+        for (int64_t o = 0; o < outer; o++) {                                                                                    \
+            int64_t j0 = o * inner; /* position of this run within its channel */                                                \
+            for (int64_t c = 0; c < nch; c++) {                                                                                  \
+                const T *p = x + (o * nch + c) * inner;                                                                          \
+                double *a = acc + c * LANES;                                                                                     \
+                int64_t f = 0, q = 0, i = 0;                                                                                     \
+                for (; i < inner && ((j0 + i) & (LANES - 1)); i++) { /* up to the next lane-0 element */                          \
+                    T v = p[i];                                                                                                  \
+                    a[(j0 + i) & (LANES - 1)] += (v < 0 ? -v : v) <= TMAX ? (double)v : 0.0;                                     \
+                }                                                                                                                \
+                if (i + LANES <= inner) {                                                                                        \
+                    lanes_t s = load_buf(a);                                                                                     \
+                    for (; i + LANES <= inner; i += LANES) {                                                                     \
+                        lanes_t v = load_##SUFFIX(p + i);                                                                        \
+                        for (int k = 0; k < LANES / 2; k++) {                                                                    \
+                            v2i ok;                                                                                              \
+                            v2d g = finite_scaled(v.v[k], 1.0, 1.0, &ok);                                                        \
+                            s.v[k] += (v2d)((v2i)g & ok);                                                                        \
+                        }                                                                                                        \
+                    }                                                                                                            \
+                    for (int l = 0; l < LANES; l++) a[l] = s.v[l / 2][l % 2];                                                    \
+                }                                                                                                                \
+                for (; i < inner; i++) {                                                                                         \
+                    T v = p[i];                                                                                                  \
+                    a[(j0 + i) & (LANES - 1)] += (v < 0 ? -v : v) <= TMAX ? (double)v : 0.0;                                     \
+                }                                                                                                                \
+                for (int64_t t = 0; t < inner; t++) {                                                                            \
+                    T v = p[t];                                                                                                  \
+                    f += (v < 0 ? -v : v) <= TMAX;                                                                               \
+                    q += v > 0;                                                                                                  \
+                }                                                                                                                \
+                fin[c] += f;                                                                                                     \
+                pos[c] += q;                                                                                                     \
+            }                                                                                                                    \
+        }                                                                                                                        \
+        for (int64_t c = 0; c < nch; c++) {                                                                                      \
+            double r = acc[c * LANES];                                                                                           \
+            for (int l = 1; l < LANES; l++) r += acc[c * LANES + l];                                                             \
+            sum[c] = r;                                                                                                          \
+        }                                                                                                                        \
+    }
+
+DEFINE_CHANNELS(float, f32, FLT_MAX)
+DEFINE_CHANNELS(double, f64, DBL_MAX)
+
+PyDoc_STRVAR(channels_doc, "channels(x, outer, inner, sums, finite, positive)\n\n"
+                           "Per-channel lane sums of the finite elements and counts of finite and positive\n"
+                           "elements of the contiguous float32/float64 buffer x seen as (outer, C, inner).");
+
+static PyObject *py_channels(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ox, *os, *of, *op;
+    long long outer, inner;
+    if (!PyArg_ParseTuple(args, "OLLOOO", &ox, &outer, &inner, &os, &of, &op)) return NULL;
+    Py_buffer x, sb, fb, pb;
+    if (get_buffer(ox, &x, 0, "x")) return NULL;
+    if (get_buffer(os, &sb, 1, "sums")) goto fail_x;
+    if (get_buffer(of, &fb, 1, "finite")) goto fail_s;
+    if (get_buffer(op, &pb, 1, "positive")) goto fail_f;
+    char fx = format_of(&x);
+    int64_t nch = sb.len / 8;
+    const char *bad = NULL;
+    if (fx != 'f' && fx != 'd') bad = "x must hold float32 or float64";
+    else if (format_of(&sb) != 'd' || !is_int64(&fb) || !is_int64(&pb) || fb.len != sb.len || pb.len != sb.len) bad = "bad output buffers";
+    else if (outer < 0 || inner < 0 || outer * nch * inner * (fx == 'f' ? 4 : 8) != x.len) bad = "shape does not match x";
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, bad);
+        goto fail_p;
+    }
+    double *acc = malloc(sizeof(double) * (size_t)(nch * LANES + 1));
+    if (!acc) {
+        PyErr_NoMemory();
+        goto fail_p;
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    if (fx == 'f') channels_f32((const float *)x.buf, outer, nch, inner, (double *)sb.buf, (int64_t *)fb.buf, (int64_t *)pb.buf, acc);
+    else channels_f64((const double *)x.buf, outer, nch, inner, (double *)sb.buf, (int64_t *)fb.buf, (int64_t *)pb.buf, acc);
+    Py_END_ALLOW_THREADS;
+    free(acc);
+    PyBuffer_Release(&pb);
+    PyBuffer_Release(&fb);
+    PyBuffer_Release(&sb);
+    PyBuffer_Release(&x);
+    Py_RETURN_NONE;
+fail_p:
+    PyBuffer_Release(&pb);
+fail_f:
+    PyBuffer_Release(&fb);
+fail_s:
+    PyBuffer_Release(&sb);
+fail_x:
+    PyBuffer_Release(&x);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"reduce", py_reduce, METH_VARARGS, reduce_doc},
+    {"channels", py_channels, METH_VARARGS, channels_doc},
     {NULL, NULL, 0, NULL},
 };
 

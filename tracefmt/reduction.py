@@ -28,7 +28,7 @@ import numpy as np
 from .enums import HistScheme
 from .histogram import Binning, _magnitude_edges, histogram
 
-__all__ = ["Reduction", "reduce", "native_available", "native_status", "LANES"]
+__all__ = ["Reduction", "reduce", "ChannelSums", "channel_sums", "native_available", "native_status", "LANES"]
 
 #: Number of accumulators of every sum (must equal LANES in _stats.c).
 LANES = 8
@@ -285,3 +285,54 @@ def _reduce_numpy(a: np.ndarray, binning: Binning | None) -> Reduction:
         float(finite.min()) if n else float("inf"), float(finite.max()) if n else float("-inf"),
         histogram(a, binning) if binning is not None else None,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChannelSums:
+    """Per-channel reduction along one axis: ``sums`` of the finite elements (float64,
+    summed in the lane order above, elements of a channel in index order), ``finite`` and
+    ``positive`` counts (int64), and ``size``, the elements per channel.
+    """
+
+    sums: np.ndarray
+    finite: np.ndarray
+    positive: np.ndarray
+    size: int
+
+
+def channel_sums(x: Any, axis: int, *, native: bool | None = None) -> ChannelSums:
+    """Reduce each slice of ``x`` along ``axis`` (see :class:`ChannelSums`).
+
+    Args:
+        x: An array with at least one dimension (bool and integers as numbers).
+        axis: The channel axis (non-negative).
+        native: As for :func:`reduce`. Defaults to None.
+
+    Returns:
+        The :class:`ChannelSums`.
+    """
+    a = np.asarray(x)
+    shape = a.shape
+    nch = int(shape[axis])
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+    flat = _as_kernel_input(a)
+    lib = _native() if native is not False else None
+    if lib is None and native is None:
+        _warn_fallback_once()
+    if lib is not None:
+        sums, fin, pos = np.empty(nch), np.empty(nch, np.int64), np.empty(nch, np.int64)
+        lib.channels(flat, outer, inner, sums, fin, pos)
+        return ChannelSums(sums, fin, pos, outer * inner)
+    rows = flat.reshape(outer, nch, inner).transpose(1, 0, 2).reshape(nch, -1)
+    finite = np.isfinite(rows)
+    vals = np.where(finite, rows.astype(np.float64), 0.0)
+    pad = (-vals.shape[1]) % LANES
+    if pad:  # an accumulator that starts at +0.0 never becomes -0.0: adding +0.0 changes nothing
+        vals = np.concatenate([vals, np.zeros((nch, pad))], axis=1)
+    lanes = vals.reshape(nch, -1, LANES)
+    acc = np.add.accumulate(np.concatenate([np.zeros((nch, 1, LANES)), lanes], axis=1), axis=1)[:, -1, :]
+    sums = acc[:, 0].copy()
+    for k in range(1, LANES):
+        sums += acc[:, k]
+    return ChannelSums(sums, finite.sum(axis=1).astype(np.int64), np.count_nonzero(rows > 0, axis=1).astype(np.int64), outer * inner)

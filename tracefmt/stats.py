@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .histogram import DEFAULT_BINNING, Binning
-from .reduction import reduce
+from .reduction import channel_sums, reduce
 
 __all__ = ["STAT_COLUMNS", "tensor_stats", "lower_median", "channel_stats", "matrix_stats", "dtype_name"]
 
@@ -94,15 +94,17 @@ def lower_median(x: Any) -> float | None:
     return float(np.partition(finite, (n - 1) // 2)[(n - 1) // 2]) if n else None
 
 
-def channel_stats(x: Any, axis: int = 1) -> dict[str, Any] | None:
+def channel_stats(x: Any, axis: int = 1, *, native: bool | None = None) -> dict[str, Any] | None:
     """Per-channel vectors of one tensor along ``axis`` (spec 'Per-channel vectors').
 
     ``channel_pos_frac[c]`` = (elements > 0 in channel c) / (elements in channel c);
-    ``channel_mean[c]`` = mean of the finite elements of channel c (NaN if none).
+    ``channel_mean[c]`` = mean of the finite elements of channel c (NaN if none), their
+    sum taken in the order of :func:`tracefmt.reduction.channel_sums`.
 
     Args:
         x: Array with at least 2 dimensions.
         axis: The channel axis; negative counts from the end. Defaults to 1 (NCHW / NC).
+        native: As for :func:`tensor_stats`. Defaults to None.
 
     Returns:
         ``channel_axis`` (non-negative), ``channel_pos_frac`` and ``channel_mean`` as
@@ -112,18 +114,12 @@ def channel_stats(x: Any, axis: int = 1) -> dict[str, Any] | None:
     if a.ndim < 2 or a.size == 0:
         return None
     ax = axis % a.ndim
-    moved = np.moveaxis(a, ax, 0).reshape(a.shape[ax], -1)
-    if moved.dtype == np.bool_:
-        moved = moved.astype(np.uint8)
-    pos_frac = np.count_nonzero(moved > 0, axis=1) / moved.shape[1]
-    vals = moved.astype(np.float64)
-    fin = np.isfinite(vals)
-    with np.errstate(invalid="ignore", over="ignore"):
-        cnt = fin.sum(axis=1)
-        mean = np.where(fin, vals, 0.0).sum(axis=1) / np.where(cnt > 0, cnt, np.nan)
+    r = channel_sums(a, ax, native=native)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = r.sums / np.where(r.finite > 0, r.finite, np.nan)
     return {
         "channel_axis": int(ax),
-        "channel_pos_frac": pos_frac.astype(np.float32).tolist(),
+        "channel_pos_frac": (r.positive / r.size).astype(np.float32).tolist(),
         "channel_mean": mean.astype(np.float32).tolist(),
     }
 

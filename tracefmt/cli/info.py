@@ -66,5 +66,7 @@ def run(args: argparse.Namespace) -> int:
     for k, v in lines:
         out.write(f"{k.ljust(width)}  {v}\n")
     out.write("\n")
-    print_table([{"table": k, "files": v["files"], "size": human_bytes(v["bytes"])} for k, v in s["sizes"].items()], ("table", "files", "size"))
+    print_table(
+        [{"table": k, "files": v["files"], "size": human_bytes(v["bytes"])} for k, v in s["sizes"].items()], ("table", "files", "size")
+    )
     return EXIT_OK

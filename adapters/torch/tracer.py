@@ -24,6 +24,7 @@ from .graph import GraphRecorder, ModuleIndex
 from .observations import HostBatch, Observation, StepBatch, describe
 from .selection import as_patterns, channel_axis, matches, select_modules
 from .slots import tensor_slots
+from .unusual import UnusualTensors
 
 __all__ = ["TorchTracer"]
 
@@ -144,6 +145,7 @@ class TorchTracer:
         self.weight_every = int(weight_every) if weight_every is not None else self.every
         self.matrix_stats = bool(matrix_stats)
         self.kernel = StatKernel(histogram)
+        self._unusual = UnusualTensors(lambda node: self.index.name(node))
         self._channels = channels if isinstance(channels, bool) else as_patterns(channels)
         self._raw = as_patterns(raw)
         self.optimizer = optimizer
@@ -395,7 +397,8 @@ class TorchTracer:
         mat: bool = False,
         median: bool = False,
     ) -> None:
-        if t.is_complex():
+        t = self._unusual.for_stats(node, t)
+        if t is None:
             return
         rec = self._recorder
         rec._paused += 1
@@ -414,9 +417,13 @@ class TorchTracer:
                 axis = channel_axis(module, t.ndim) if module is not None else 1
                 obs.channels, obs.channel_axis = int(t.shape[axis]), axis
                 parts.append(channel_vector(t, axis))
-            self._batch.add(obs, parts[0] if len(parts) == 1 else torch.cat(parts))
-            if raw:
-                self._batch.raw.append((obs, t.detach().clone()))
+            vector = parts[0] if len(parts) == 1 else torch.cat(parts)
+            copy = self._unusual.for_raw(node, t) if raw else None
+            self._batch.add(obs, vector)
+            if copy is not None:
+                self._batch.raw.append((obs, copy))
+        except Exception as exc:  # the training loop must never die because of a tensor
+            self._unusual.failed(node, kind.value, exc)
         finally:
             rec._paused -= 1
 

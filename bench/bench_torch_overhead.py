@@ -9,9 +9,14 @@ Configurations, each timed on the same model and data in the same process:
   (c) a naive fast.ai-style hook baseline: the same tensors, statistics taken with one
       ``.item()`` each and ``torch.histc(|x|, 40, 0, 10)``;
   (d) ``torch.utils.tensorboard.SummaryWriter.add_histogram`` for the same tensors;
-  (e) as (b), with the C statistics kernel on two threads (``TRACEFMT_NATIVE_THREADS=2``).
+  (e) as (b) with ``histogram=None`` (statistics only).
 Rounds interleave the configurations; each configuration's figure is its fastest round
-(the least disturbed by other processes on the machine). Ratios are against (a).
+(the least disturbed by other processes on the machine), in wall time and in CPU time
+(all threads of the process, ``time.process_time``: the fairer figure on a loaded
+machine). Ratios are against (a).
+
+``--memory`` instead runs (a) and (b) each in its own subprocess and prints their peak
+RSS (``ru_maxrss``) above the RSS after the model is built, and their ratio.
 """
 
 from __future__ import annotations
@@ -116,16 +121,16 @@ class TensorBoardHistograms(NaiveHooks):
         self.writer.close()
 
 
-def time_config(build, config: str, steps: int, warmup: int, tmp: Path) -> float:
-    """Seconds per training step of ``config`` (after ``warmup`` steps)."""
+def time_config(build, config: str, steps: int, warmup: int, tmp: Path) -> tuple[float, float]:
+    """Wall and CPU seconds per training step of ``config`` (after ``warmup`` steps)."""
     model, loss_fn = build()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     out = tmp / f"{config}-{time.monotonic_ns()}"
     tracer = hooks = None
-    if config in ("b", "e"):
+    if config == "b":
         tracer = TorchTracer(model, out, optimizer=opt).start()
-        if config == "e":
-            tracer.kernel.threads = 2  # the C kernel splits large tensors over two threads
+    elif config == "e":
+        tracer = TorchTracer(model, out, optimizer=opt, histogram=None).start()
     elif config == "c":
         hooks = NaiveHooks(model)
     elif config == "d":
@@ -133,23 +138,69 @@ def time_config(build, config: str, steps: int, warmup: int, tmp: Path) -> float
     try:
         for i in range(warmup + steps):
             if i == warmup:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
             loss = loss_fn()
             loss.backward()
             opt.step()
             if hooks is not None:
                 hooks.step()
             opt.zero_grad()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         if tracer is not None:
             tracer.close()  # the writer's remaining work is part of the cost: timed below
         if hooks is not None:
             hooks.close()
     if tracer is not None:
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     shutil.rmtree(out, ignore_errors=True)
-    return elapsed / steps
+    return elapsed / steps, cpu / steps
+
+
+MEMORY_CHILD = r"""
+import resource, sys, tempfile, torch
+sys.path.insert(0, sys.argv[1])
+import bench_torch_overhead as b
+from tracefmt.adapters.torch import TorchTracer
+key, config, steps = sys.argv[2], sys.argv[3], int(sys.argv[4])
+torch.set_num_threads(int(sys.argv[5]) or torch.get_num_threads())
+model, loss_fn = b.CASES[key][1]()
+opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with tempfile.TemporaryDirectory() as d:
+    tracer = TorchTracer(model, d + "/t.trace", optimizer=opt).start() if config == "b" else None
+    for _ in range(steps):
+        loss_fn().backward(); opt.step(); opt.zero_grad()
+        if tracer is not None:
+            tracer.step()
+    if tracer is not None:
+        tracer.close()
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_memory(key: str, steps: int, threads: int) -> None:
+    """Print the peak RSS above the built model of (a) and (b), each in its own process."""
+    import subprocess
+
+    here = str(Path(__file__).resolve().parent)
+    grown = {}
+    for c in "ab":
+        out = subprocess.run(
+            [sys.executable, "-c", MEMORY_CHILD, here, key, c, str(steps), str(threads)], capture_output=True, text=True, check=True
+        )
+        base, peak = map(int, out.stdout.split()[-2:])
+        grown[c] = (peak - base) / 1024
+        print(
+            f"  ({c}) {'no tracing' if c == 'a' else 'tracefmt':12s} peak RSS {peak / 1024:7.1f} MiB, {grown[c]:7.1f} MiB above the built model"
+        )
+    print(f"  traced / untraced growth: {grown['b'] / max(grown['a'], 1e-9):.3f}")
+
+
+CASES = {
+    "cnn": ("residual CNN, 64 channels, batch 256 of 1x8x8", lambda: cnn_case(256, 64)),
+    "gpt": ("GPT-2, 4 layers, n_embd 256, batch 16 x 128 tokens", lambda: gpt_case(16, 128, 256, 4)),
+}
 
 
 def main() -> None:
@@ -160,28 +211,36 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--models", default="cnn,gpt")
+    ap.add_argument("--memory", action="store_true", help="peak RSS of (a) and (b) in subprocesses instead of timings")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = {
-        "cnn": ("residual CNN, 64 channels, batch 256 of 1x8x8", lambda: cnn_case(256, 64)),
-        "gpt": ("GPT-2, 4 layers, n_embd 256, batch 16 x 128 tokens", lambda: gpt_case(16, 128, 256, 4)),
-    }
+    cases = CASES
+    if args.memory:
+        for key in args.models.split(","):
+            print(f"{cases[key][0]}, {args.warmup + args.steps} steps")
+            peak_memory(key, args.warmup + args.steps, args.threads)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x {args.rounds} rounds (fastest round)")
     with tempfile.TemporaryDirectory() as d:
         for key in args.models.split(","):
             label, build = cases[key]
             best = {c: float("inf") for c in "abcde"}
+            best_cpu = dict(best)
             for _ in range(args.rounds):
                 for c in "abcde":
-                    best[c] = min(best[c], time_config(build, c, args.steps, args.warmup, Path(d)))
+                    wall, cpu = time_config(build, c, args.steps, args.warmup, Path(d))
+                    best[c], best_cpu[c] = min(best[c], wall), min(best_cpu[c], cpu)
             a = best["a"]
             print(f"\n{label}")
-            names = ("no tracing", "tracefmt", "naive .item()/histc hooks", "TensorBoard add_histogram", "tracefmt, 2 kernel threads")
+            names = ("no tracing", "tracefmt", "naive .item()/histc hooks", "TensorBoard add_histogram", "tracefmt, histogram=None")
             for c, name in zip("abcde", names):
-                print(f"  ({c}) {name:28s} {best[c] * 1e3:9.1f} ms/step   ratio {best[c] / a:6.2f}")
-            print(f"  overhead (b)-(a) = {(best['b'] - a) * 1e3:.1f} ms; (d)-(a) = {(best['d'] - a) * 1e3:.1f} ms; "
-                  f"(d) overhead / (b) overhead = {(best['d'] - a) / max(best['b'] - a, 1e-9):.1f}x")
+                print(f"  ({c}) {name:28s} {best[c] * 1e3:9.1f} ms/step   ratio {best[c] / a:6.2f}   "
+                      f"CPU {best_cpu[c] * 1e3:9.1f} ms/step   ratio {best_cpu[c] / best_cpu['a']:6.2f}")  # fmt: skip
+            print(
+                f"  overhead (b)-(a) = {(best['b'] - a) * 1e3:.1f} ms; (d)-(a) = {(best['d'] - a) * 1e3:.1f} ms; "
+                f"(d) overhead / (b) overhead = {(best['d'] - a) / max(best['b'] - a, 1e-9):.1f}x"
+            )
 
 
 if __name__ == "__main__":

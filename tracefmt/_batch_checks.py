@@ -51,12 +51,16 @@ def check_schema(tdef: TableDef, schema: pa.Schema) -> list[Issue]:
         got = schema.field(col.name).type
         if col.type == pa.null():
             if not _is_tensor_type(got):
-                out.append(Issue(Severity.ERROR, "wrong-type", col.name, f"column '{col.name}' has type {got}, expected arrow.fixed_shape_tensor"))
+                out.append(
+                    Issue(Severity.ERROR, "wrong-type", col.name, f"column '{col.name}' has type {got}, expected arrow.fixed_shape_tensor")
+                )
         elif got != col.type:
             out.append(Issue(Severity.ERROR, "wrong-type", col.name, f"column '{col.name}' has type {got}, expected {col.type}"))
     for name in schema.names:
         if name not in tdef.names:
-            out.append(Issue(Severity.INFO, "unknown-column", name, f"column '{name}' is not part of format {FORMAT_VERSION} (readers ignore it)"))
+            out.append(
+                Issue(Severity.INFO, "unknown-column", name, f"column '{name}' is not part of format {FORMAT_VERSION} (readers ignore it)")
+            )
     return out
 
 
@@ -135,7 +139,9 @@ def check_batch(tdef: TableDef, batch: pa.RecordBatch, *, context: dict[str, Any
         allowed = _ENUMS.get(col.name)
         if allowed is not None:
             arr = c.col(col.name)
-            bad = np.asarray(pc.invert(pc.is_in(arr, value_set=pa.array(allowed))).to_numpy(zero_copy_only=False), dtype=bool) & c.valid(col.name)
+            bad = np.asarray(pc.invert(pc.is_in(arr, value_set=pa.array(allowed))).to_numpy(zero_copy_only=False), dtype=bool) & c.valid(
+                col.name
+            )
             if bad.any():
                 value = arr[int(np.flatnonzero(bad)[0])].as_py()
                 c.flag(bad, "bad-enum", col.name, f"column '{col.name}' has unknown value {value!r}; allowed: {', '.join(allowed)}")
@@ -143,11 +149,18 @@ def check_batch(tdef: TableDef, batch: pa.RecordBatch, *, context: dict[str, Any
         if c.ok(name):
             c.flag(c.valid(name) & (c.num(name) < 0), "negative-value", name, f"column '{name}' must be >= 0")
     if "rank" in context and c.ok("rank"):
-        c.flag(c.valid("rank") & (c.num("rank") != context["rank"]), "bad-rank", "rank", f"column 'rank' must equal the partition's rank {context['rank']}")
+        c.flag(
+            c.valid("rank") & (c.num("rank") != context["rank"]),
+            "bad-rank",
+            "rank",
+            f"column 'rank' must equal the partition's rank {context['rank']}",
+        )
     node_ids = context.get("node_ids")
     if node_ids is not None and c.ok("node_id"):
         known = pa.array(sorted(node_ids), pa.int32())
-        dangling = np.asarray(pc.invert(pc.is_in(c.col("node_id"), value_set=known)).to_numpy(zero_copy_only=False), dtype=bool) & c.valid("node_id")
+        dangling = np.asarray(pc.invert(pc.is_in(c.col("node_id"), value_set=known)).to_numpy(zero_copy_only=False), dtype=bool) & c.valid(
+            "node_id"
+        )
         if dangling.any():
             nid = c.col("node_id")[int(np.flatnonzero(dangling)[0])].as_py()
             c.flag(dangling, "dangling-reference", "node_id", f"node_id {nid} does not exist in nodes.node_id")
@@ -201,7 +214,12 @@ def _check_records(c: _Batch) -> None:
         finite = np.where(consistent, numel - nan - inf, -1)
         for name in _STAT_COLUMNS:
             if c.ok(name):
-                c.flag(c.valid(name) & (finite == 0), "stat-without-elements", name, f"'{name}' must be null when the tensor has no finite elements")
+                c.flag(
+                    c.valid(name) & (finite == 0),
+                    "stat-without-elements",
+                    name,
+                    f"'{name}' must be null when the tensor has no finite elements",
+                )
     else:
         finite = None
     for name in (*_STAT_COLUMNS, "l2"):
@@ -233,7 +251,9 @@ def _check_histograms(c: _Batch, finite: np.ndarray | None) -> None:
     complete = c.valid("hist_lo") & c.valid("hist_hi") & c.valid("hist_counts")
     c.flag(has & ~complete, "bad-histogram", "hist_counts", "a histogram needs hist_lo, hist_hi and hist_counts")
     is_sym = np.asarray(pc.fill_null(pc.equal(scheme, "symlog"), False).to_numpy(zero_copy_only=False), dtype=bool)
-    is_lin = np.asarray(pc.fill_null(pc.is_in(scheme, value_set=pa.array(["linear", "abs_linear"])), False).to_numpy(zero_copy_only=False), dtype=bool)
+    is_lin = np.asarray(
+        pc.fill_null(pc.is_in(scheme, value_set=pa.array(["linear", "abs_linear"])), False).to_numpy(zero_copy_only=False), dtype=bool
+    )
     lo, hi = c.num("hist_lo", 0.0), c.num("hist_hi", 0.0)
     nbins, values, parents = _list_parts(c.col("hist_counts"))
     rows = has & complete
@@ -254,7 +274,12 @@ def _check_histograms(c: _Batch, finite: np.ndarray | None) -> None:
     known = finite >= 0
     c.flag(rows & known & is_sym & (sums != finite), "bad-histogram", "hist_counts",
            "symlog histogram counts must sum to the number of finite elements (numel - nan_count - inf_count)")  # fmt: skip
-    c.flag(rows & known & is_lin & (sums > finite), "bad-histogram", "hist_counts", "linear histogram counts must not exceed the number of finite elements")
+    c.flag(
+        rows & known & is_lin & (sums > finite),
+        "bad-histogram",
+        "hist_counts",
+        "linear histogram counts must not exceed the number of finite elements",
+    )
 
 
 def _check_channels(c: _Batch, ndim: np.ndarray) -> None:

@@ -189,7 +189,9 @@ def _compact_partition(root: Path, table: str, rank: int, segs: list[Segment], *
         s.path.unlink()
     journal.unlink()
     _fsync_dir(rank_dir)
-    return PartitionResult(table, rank, rows_out, replaced, str((rank_dir / name).relative_to(root)), bytes_before, (rank_dir / name).stat().st_size)
+    return PartitionResult(
+        table, rank, rows_out, replaced, str((rank_dir / name).relative_to(root)), bytes_before, (rank_dir / name).stat().st_size
+    )
 
 
 def _segment_table(seg: Segment, schema: pa.Schema) -> pa.Table:

@@ -199,12 +199,22 @@ def _train(cfg: RunConfig, trace: Path, *, quick: bool, stream: TextIO, progress
     steps_per_epoch = math.ceil(len(ytr) / batch)
     growth = cfg.growth(epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(1)
-    meta = {"config": cfg.name, "optimizer": "Adam", "lr": cfg.lr, "lr_final": cfg.lr_final, "dead_shift": cfg.dead_shift, "epochs": epochs, "batch": batch}
+    meta = {
+        "config": cfg.name,
+        "optimizer": "Adam",
+        "lr": cfg.lr,
+        "lr_final": cfg.lr_final,
+        "dead_shift": cfg.dead_shift,
+        "epochs": epochs,
+        "batch": batch,
+    }
     bar = _Progress(epochs * steps_per_epoch, f"{cfg.name:>7}", stream, progress)
     final: dict[str, float] = {}
     # Weights every 4 steps: the checkpoints of the training-dynamics analyzer (its HMM
     # models a run as a sequence of checkpoints; ~23 per run here).
-    with TorchTracer(model, trace, optimizer=opt, matrix_stats=True, weight_every=4, model_name="DigitsResNet", metadata=meta, mode="overwrite") as tracer:
+    with TorchTracer(
+        model, trace, optimizer=opt, matrix_stats=True, weight_every=4, model_name="DigitsResNet", metadata=meta, mode="overwrite"
+    ) as tracer:
         for epoch in range(epochs):
             tracer.epoch = epoch
             model.train()
@@ -271,7 +281,9 @@ def _export_and_diff(model: Any, out: Path) -> tuple[Path, Path, Any]:
 SAVED_FIGURES = ("activations/colorful_dimension", "activations/telemetry", "loss/loss", "dead/dead_fraction")
 
 
-def _analyze(name: str, trace_path: Path, out: Path, result: DemoResult, *, compare: Path | None = None, findings: Any = None) -> RunOutcome:
+def _analyze(
+    name: str, trace_path: Path, out: Path, result: DemoResult, *, compare: Path | None = None, findings: Any = None
+) -> RunOutcome:
     """Run every analyzer on a trace, store its findings, draw its graph, write its report."""
     import tracefmt
     from tracefmt import analyzers
@@ -318,7 +330,9 @@ def _summary(result: DemoResult, stream: TextIO) -> None:
     d = result.diff
     if d:
         verdict = f"first divergence at {d['first_divergence']}" if d["divergent"] else "no divergence"
-        w(f"  ONNX Runtime vs PyTorch (eval, same batch): {verdict}; {d['compared']} tensors compared, largest error {d['max_error']:.3g}x tolerance\n")
+        w(
+            f"  ONNX Runtime vs PyTorch (eval, same batch): {verdict}; {d['compared']} tensors compared, largest error {d['max_error']:.3g}x tolerance\n"
+        )
     w("\nReports\n")
     for run in result.runs.values():
         if run.report is not None:
@@ -361,7 +375,10 @@ def _run(out: Path, *, quick: bool, stream: TextIO, progress: bool, t0: float) -
     say(f"tracefmt demo: residual CNN on sklearn digits, outputs in {out}/")
     models = {}
     for i, cfg in enumerate((HEALTHY, BROKEN), 1):
-        say(f"[{i}/4] training the {cfg.name} configuration" + (f" (BatchNorm shift {cfg.dead_shift} before {DEAD_LAYER}; lr {cfg.lr:g} -> {cfg.lr_final:g})" if cfg.dead_shift else ""))
+        say(
+            f"[{i}/4] training the {cfg.name} configuration"
+            + (f" (BatchNorm shift {cfg.dead_shift} before {DEAD_LAYER}; lr {cfg.lr:g} -> {cfg.lr_final:g})" if cfg.dead_shift else "")
+        )
         models[cfg.name], final = _train(cfg, out / f"{cfg.name}.trace", quick=quick, stream=stream, progress=progress)
         result.runs[cfg.name] = RunOutcome(cfg.name, out / f"{cfg.name}.trace", final=final)
     say("[3/4] exporting the healthy model to ONNX, tracing it with ONNX Runtime and diffing against PyTorch")
@@ -391,5 +408,14 @@ def _summary_json(result: DemoResult) -> dict[str, Any]:
     return {
         "seconds": result.seconds,
         "diff": result.diff,
-        "runs": {n: {"trace": str(r.trace), "report": str(r.report) if r.report else None, "final": r.final, "counts": result.counts(n), "findings": r.findings} for n, r in result.runs.items()},
+        "runs": {
+            n: {
+                "trace": str(r.trace),
+                "report": str(r.report) if r.report else None,
+                "final": r.final,
+                "counts": result.counts(n),
+                "findings": r.findings,
+            }
+            for n, r in result.runs.items()
+        },
     }

@@ -75,6 +75,4 @@ def coerce(enum: type[E], value: str | E, *, what: str | None = None) -> E:
         return enum(value)
     except ValueError:
         allowed = ", ".join(m.value for m in enum)
-        raise UsageError(
-            f"unknown {what or enum.__name__.lower()} {value!r}; available: {allowed}"
-        ) from None
+        raise UsageError(f"unknown {what or enum.__name__.lower()} {value!r}; available: {allowed}") from None

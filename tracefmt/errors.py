@@ -46,9 +46,6 @@ class MissingDependencyError(TraceError, ImportError):
     """An optional dependency (an extra) is needed for the requested feature."""
 
     def __init__(self, package: str, extra: str, feature: str) -> None:
-        super().__init__(
-            f"{feature} needs the '{package}' package; install it with "
-            f"pip install 'tracefmt[{extra}]'"
-        )
+        super().__init__(f"{feature} needs the '{package}' package; install it with pip install 'tracefmt[{extra}]'")
         self.package = package
         self.extra = extra

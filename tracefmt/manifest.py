@@ -34,8 +34,7 @@ def check_version(text: Any, *, where: str = MANIFEST) -> tuple[int, int]:
     major, minor = parse_version(text, where=where)
     if major != _READ_MAJOR:
         raise UnsupportedVersionError(
-            f"{where}: format_version {text} is not supported; this tracefmt reads {_READ_MAJOR}.x "
-            f"(upgrade tracefmt to read it)"
+            f"{where}: format_version {text} is not supported; this tracefmt reads {_READ_MAJOR}.x (upgrade tracefmt to read it)"
         )
     return major, minor
 

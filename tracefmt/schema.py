@@ -105,7 +105,12 @@ _RANK = Column("rank", _I32, False, "Process rank that produced the row (0 for s
 _EPOCH = Column("epoch", _I32, True, "Epoch number if the producer knows it.", "epoch")
 _NODE_ID = Column("node_id", _I32, False, "The node observed; MUST exist in nodes.node_id.")
 _KIND = Column("kind", _STR, False, "One of the Kind enumeration: activation, gradient, input, weight, weight_grad, weight_update.")
-_SLOT = Column("slot", _STR, False, "Which tensor of the node: output/input index ('0', '1', or a dict key) for activation/gradient/input; parameter name ('weight', 'bias', ...) for weight kinds; '' if the node has one.")
+_SLOT = Column(
+    "slot",
+    _STR,
+    False,
+    "Which tensor of the node: output/input index ('0', '1', or a dict key) for activation/gradient/input; parameter name ('weight', 'bias', ...) for weight kinds; '' if the node has one.",
+)
 _CALL = Column("call", _I32, False, "0-based index of the node's invocation within the step (modules called several times per forward).")
 
 NODES = TableDef(
@@ -116,7 +121,12 @@ NODES = TableDef(
     columns=(
         Column("node_id", _I32, False, "Stable identifier, unique within the trace, >= 0."),
         Column("name", _STR, False, "Framework-native name (PyTorch module qualified name, ONNX node name)."),
-        Column("scope", _STR, False, "Canonical hierarchical path joining frameworks: the PyTorch module qualified name ('layer1.0.conv1'); '' when unknown."),
+        Column(
+            "scope",
+            _STR,
+            False,
+            "Canonical hierarchical path joining frameworks: the PyTorch module qualified name ('layer1.0.conv1'); '' when unknown.",
+        ),
         Column("op_type", _STR, False, "Operation or module class ('Conv2d', 'Conv', 'ReLU', ...)."),
         Column("op_class", _STR, True, "One of the OpClass enumeration (what the node computes, framework-independent); null when the producer cannot tell. Since 1.1."),
         Column("parent", _I32, True, "node_id of the enclosing container node, null for top-level nodes."),
@@ -144,7 +154,12 @@ RECORDS = TableDef(
         _SLOT,
         _CALL,
         Column("seq", _I32, True, "Position of this observation in execution order within the step (ties broken by node_id)."),
-        Column("dtype", _STR, False, "Element type of the observed tensor: float64, float32, float16, bfloat16, int64, int32, int16, int8, uint8, bool, ..."),
+        Column(
+            "dtype",
+            _STR,
+            False,
+            "Element type of the observed tensor: float64, float32, float16, bfloat16, int64, int32, int16, int8, uint8, bool, ...",
+        ),
         Column("shape", pa.list_(_I64), False, "Shape of the observed tensor ([] for a 0-d tensor)."),
         Column("numel", _I64, False, "Number of elements (product of shape).", "elements"),
         Column("nan_count", _I64, False, "Elements that are NaN.", "elements"),
@@ -162,7 +177,12 @@ RECORDS = TableDef(
         Column("hist_lo", _F64, True, "Binning parameter lo (see 'Histograms').", "tensor units"),
         Column("hist_hi", _F64, True, "Binning parameter hi (see 'Histograms').", "tensor units"),
         Column("hist_counts", pa.list_(_I64), True, "Counts per bin, ascending by value.", "elements"),
-        Column("channel_axis", _I32, True, "Axis of the per-channel vectors, non-negative: 1 for NCHW/NC... layouts, len(shape) - 1 for channels-last."),
+        Column(
+            "channel_axis",
+            _I32,
+            True,
+            "Axis of the per-channel vectors, non-negative: 1 for NCHW/NC... layouts, len(shape) - 1 for channels-last.",
+        ),
         Column("channel_pos_frac", pa.list_(_F32), True, "Per channel: fraction of elements > 0 (dead-unit detection)."),
         Column("channel_mean", pa.list_(_F32), True, "Per channel: mean of the finite elements.", "tensor units"),
         Column("mat_trace", _F64, True, "2-D weights only: trace (sum of the diagonal).", "tensor units"),
@@ -312,7 +332,9 @@ def write_schema_files(spec_dir: Path) -> list[Path]:
         p.write_text(json.dumps(schema_document(table), indent=2) + "\n")
         out.append(p)
     p = schema_dir / "manifest.json"
-    p.write_text(json.dumps({"fields": {k: {"type": v[0], "required": v[1], "doc": v[2]} for k, v in MANIFEST_FIELDS.items()}}, indent=2) + "\n")
+    p.write_text(
+        json.dumps({"fields": {k: {"type": v[0], "required": v[1], "doc": v[2]} for k, v in MANIFEST_FIELDS.items()}}, indent=2) + "\n"
+    )
     out.append(p)
     spec = spec_dir / "TRACE_FORMAT.md"
     if spec.exists():

@@ -1,9 +1,11 @@
 """Reference statistics (spec section 'Statistics'): the definition every adapter meets.
 
 All floating statistics are over the *finite* elements only, accumulated in float64;
-NaN and ±Inf are counted separately and never poison a statistic. Adapters compute the
-same quantities their own way (on the device for PyTorch) and are tested against
-:func:`tensor_stats` here.
+NaN and ±Inf are counted separately and never poison a statistic. The sums come from
+:func:`tracefmt.reduction.reduce` (a native kernel built at install time, or its
+bit-identical numpy twin). Adapters use these functions directly (ONNX Runtime, PyTorch
+tensors on the CPU) or compute the same quantities their own way (on the GPU) and are
+tested against :func:`tensor_stats` here.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .histogram import DEFAULT_BINNING, Binning, histogram
+from .histogram import DEFAULT_BINNING, Binning
+from .reduction import channel_sums, reduce
 
-__all__ = ["STAT_COLUMNS", "tensor_stats", "channel_stats", "matrix_stats", "dtype_name"]
+__all__ = ["STAT_COLUMNS", "tensor_stats", "lower_median", "channel_stats", "matrix_stats", "dtype_name"]
 
 #: The record columns produced by :func:`tensor_stats`, in schema order.
 STAT_COLUMNS = (
@@ -28,20 +31,10 @@ def dtype_name(dtype: Any) -> str:
     name = str(dtype)
     for prefix in ("torch.", "tensor(", "np.", "<class 'numpy."):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     name = name.rstrip(")'>")
     aliases = {"float": "float32", "double": "float64", "half": "float16", "bool_": "bool", "long": "int64", "int": "int32"}
     return aliases.get(name, name)
-
-
-def _scaled(f: np.ndarray) -> tuple[np.ndarray, float]:
-    """``f`` divided by a power of two near max|f| (exact), to avoid overflow in sums."""
-    peak = float(np.max(np.abs(f)))
-    if peak == 0.0:
-        return f, 1.0
-    # peak = m * 2**e with m in [0.5, 1): dividing by 2**(e-1) is exact and keeps |g| < 2.
-    scale = float(np.ldexp(1.0, np.frexp(peak)[1] - 1))
-    return f / scale, scale
 
 
 def tensor_stats(
@@ -49,20 +42,25 @@ def tensor_stats(
     *,
     binning: Binning | None = DEFAULT_BINNING,
     median: bool = False,
+    native: bool | None = None,
 ) -> dict[str, Any]:
     """Compute the record statistics of one tensor.
 
     Definitions (n = number of finite elements f_i):
     ``mean = sum f_i / n``; ``std = sqrt(sum (f_i - mean)^2 / n)`` (population, ddof 0);
-    ``abs_mean = sum |f_i| / n``; ``l2 = sqrt(sum f_i^2)``; ``min``/``max`` over the f_i;
-    all null when n = 0 except ``l2`` = 0. Sums are scaled by an exact power of two so that
-    huge values do not overflow. Counts cover every element: ``nan_count``, ``inf_count``,
-    ``zero_count`` (x == 0), ``pos_count`` (x > 0, +Inf included).
+    ``abs_mean = sum |f_i| / n``; ``l2 = sqrt(sum f_i^2)``; ``min``/``max`` over the f_i
+    (a zero minimum or maximum is +0.0); all null when n = 0 except ``l2`` = 0. Sums are
+    taken in float64 over the elements scaled by an exact power of two, so that huge
+    values never overflow, in the fixed order of :mod:`tracefmt.reduction`. Counts cover
+    every element: ``nan_count``, ``inf_count``, ``zero_count`` (x == 0), ``pos_count``
+    (x > 0, +Inf included).
 
     Args:
         x: A numpy array or anything ``np.asarray`` accepts (bool treated as 0/1).
         binning: Histogram binning, or None for no histogram. Defaults to the symlog default.
         median: Also compute the lower median of the finite elements. Defaults to False.
+        native: The native kernel when built (None), always the numpy implementation
+            (False); both give bit-identical results. Defaults to None.
 
     Returns:
         A dict keyed by record column names (``dtype``, ``shape``, the statistics and, with
@@ -70,61 +68,43 @@ def tensor_stats(
     """
     a = np.asarray(x)
     out: dict[str, Any] = {"dtype": dtype_name(a.dtype), "shape": list(a.shape)}
-    if a.dtype == np.bool_:
-        a = a.astype(np.uint8)
-    flat = a.reshape(-1)
-    if flat.dtype.kind == "f":
-        nan = np.isnan(flat)
-        inf = np.isinf(flat)
-        finite = flat[~(nan | inf)].astype(np.float64)
-        nan_count, inf_count = int(nan.sum()), int(inf.sum())
-        pos_count = int(np.count_nonzero(flat > 0))
-    else:
-        finite = flat.astype(np.float64)
-        nan_count = inf_count = 0
-        pos_count = int(np.count_nonzero(flat > 0))
-    n = finite.size
-    out.update(
-        numel=int(flat.size),
-        nan_count=nan_count,
-        inf_count=inf_count,
-        zero_count=int(np.count_nonzero(flat == 0)),
-        pos_count=pos_count,
-    )
-    if n == 0:
-        out.update(mean=None, std=None, min=None, max=None, abs_mean=None, l2=0.0)
-    else:
-        g, scale = _scaled(finite)
-        mean_g = float(np.mean(g))
-        out.update(
-            mean=mean_g * scale,
-            std=float(np.sqrt(np.mean((g - mean_g) ** 2))) * scale,
-            min=float(np.min(finite)),
-            max=float(np.max(finite)),
-            abs_mean=float(np.mean(np.abs(g))) * scale,
-            l2=float(np.sqrt(np.dot(g, g))) * scale,
-        )
+    r = reduce(a, binning, native=native)
+    out.update(numel=r.numel, nan_count=r.nan_count, inf_count=r.inf_count, zero_count=r.zero_count, pos_count=r.pos_count)
+    out.update(r.moments())
     if median:
-        out["median"] = float(np.partition(finite, (n - 1) // 2)[(n - 1) // 2]) if n else None
+        out["median"] = lower_median(a)
     if binning is not None:
         out.update(
             hist_scheme=binning.scheme.value,
             hist_lo=float(binning.lo),
             hist_hi=float(binning.hi),
-            hist_counts=histogram(flat, binning).tolist(),
+            hist_counts=r.hist.tolist(),
         )
     return out
 
 
-def channel_stats(x: Any, axis: int = 1) -> dict[str, Any] | None:
+def lower_median(x: Any) -> float | None:
+    """The lower median of the finite elements of ``x`` (None when there is none)."""
+    flat = np.asarray(x).reshape(-1)
+    if flat.dtype == np.bool_:
+        flat = flat.astype(np.uint8)
+    finite = flat[np.isfinite(flat)] if flat.dtype.kind == "f" else flat
+    finite = finite.astype(np.float64)
+    n = finite.size
+    return float(np.partition(finite, (n - 1) // 2)[(n - 1) // 2]) if n else None
+
+
+def channel_stats(x: Any, axis: int = 1, *, native: bool | None = None) -> dict[str, Any] | None:
     """Per-channel vectors of one tensor along ``axis`` (spec 'Per-channel vectors').
 
     ``channel_pos_frac[c]`` = (elements > 0 in channel c) / (elements in channel c);
-    ``channel_mean[c]`` = mean of the finite elements of channel c (NaN if none).
+    ``channel_mean[c]`` = mean of the finite elements of channel c (NaN if none), their
+    sum taken in the order of :func:`tracefmt.reduction.channel_sums`.
 
     Args:
         x: Array with at least 2 dimensions.
         axis: The channel axis; negative counts from the end. Defaults to 1 (NCHW / NC).
+        native: As for :func:`tensor_stats`. Defaults to None.
 
     Returns:
         ``channel_axis`` (non-negative), ``channel_pos_frac`` and ``channel_mean`` as
@@ -134,18 +114,12 @@ def channel_stats(x: Any, axis: int = 1) -> dict[str, Any] | None:
     if a.ndim < 2 or a.size == 0:
         return None
     ax = axis % a.ndim
-    moved = np.moveaxis(a, ax, 0).reshape(a.shape[ax], -1)
-    if moved.dtype == np.bool_:
-        moved = moved.astype(np.uint8)
-    pos_frac = np.count_nonzero(moved > 0, axis=1) / moved.shape[1]
-    vals = moved.astype(np.float64)
-    fin = np.isfinite(vals)
-    with np.errstate(invalid="ignore", over="ignore"):
-        cnt = fin.sum(axis=1)
-        mean = np.where(fin, vals, 0.0).sum(axis=1) / np.where(cnt > 0, cnt, np.nan)
+    r = channel_sums(a, ax, native=native)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = r.sums / np.where(r.finite > 0, r.finite, np.nan)
     return {
         "channel_axis": int(ax),
-        "channel_pos_frac": pos_frac.astype(np.float32).tolist(),
+        "channel_pos_frac": (r.positive / r.size).astype(np.float32).tolist(),
         "channel_mean": mean.astype(np.float32).tolist(),
     }
 

@@ -107,7 +107,7 @@ class ValidationReport:
         if self.errors:
             first = self.errors[0]
             more = f" (and {len(self.errors) - 1} more errors)" if len(self.errors) > 1 else ""
-            raise TraceFormatError(f"{self.path}: {str(first)[len('error: '):]}{more}")
+            raise TraceFormatError(f"{self.path}: {str(first)[len('error: ') :]}{more}")
 
     def as_dict(self) -> dict[str, Any]:
         """The report as a JSON-ready dict (the CLI's ``--format json`` output)."""
@@ -135,8 +135,18 @@ class _Collector:
         self.problems: list[Problem] = []
         self._merged: dict[tuple, list] = {}
 
-    def add(self, severity: Severity, code: str, message: str, *, table: str | None = None, column: str | None = None,
-            row: int | None = None, file: Path | str | None = None, rows: int | None = None) -> None:
+    def add(
+        self,
+        severity: Severity,
+        code: str,
+        message: str,
+        *,
+        table: str | None = None,
+        column: str | None = None,
+        row: int | None = None,
+        file: Path | str | None = None,
+        rows: int | None = None,
+    ) -> None:
         rel = None
         if file is not None:
             p = Path(file)
@@ -200,7 +210,9 @@ def validate_trace(path: str | Path, *, tables: Iterable[str] | None = None) -> 
             _check_findings(root, out, report)
         for entry in sorted(root.iterdir()):
             if entry.name not in _KNOWN_ENTRIES and not entry.name.startswith("."):
-                out.add(Severity.INFO, "unknown-entry", f"'{entry.name}' is not part of format {FORMAT_VERSION} (readers ignore it)", file=entry)
+                out.add(
+                    Severity.INFO, "unknown-entry", f"'{entry.name}' is not part of format {FORMAT_VERSION} (readers ignore it)", file=entry
+                )
     report.problems = out.finish()
     return report
 
@@ -219,14 +231,35 @@ def _check_manifest(m: Any, out: _Collector) -> bool:
         value = m[name]
         py = _JSON_TYPES[jtype]
         if not isinstance(value, py) or (py is int and isinstance(value, bool)):
-            out.add(Severity.ERROR, "wrong-type", f"field '{name}' must be a JSON {jtype}, got {value!r}", table="manifest", column=name, file=where)
+            out.add(
+                Severity.ERROR,
+                "wrong-type",
+                f"field '{name}' must be a JSON {jtype}, got {value!r}",
+                table="manifest",
+                column=name,
+                file=where,
+            )
     if "format" in m and m["format"] != FORMAT_NAME:
-        out.add(Severity.ERROR, "bad-format", f"field 'format' must be {FORMAT_NAME!r}, got {m['format']!r}", table="manifest", column="format", file=where)
+        out.add(
+            Severity.ERROR,
+            "bad-format",
+            f"field 'format' must be {FORMAT_NAME!r}, got {m['format']!r}",
+            table="manifest",
+            column="format",
+            file=where,
+        )
     version = m.get("format_version")
     if isinstance(version, str):
         parts = version.split(".")
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            out.add(Severity.ERROR, "bad-version", f"format_version must be 'MAJOR.MINOR', got {version!r}", table="manifest", column="format_version", file=where)
+            out.add(
+                Severity.ERROR,
+                "bad-version",
+                f"format_version must be 'MAJOR.MINOR', got {version!r}",
+                table="manifest",
+                column="format_version",
+                file=where,
+            )
             return False
         major, minor = int(parts[0]), int(parts[1])
         if major != SUPPORTED_MAJOR:
@@ -243,15 +276,31 @@ def _check_manifest(m: Any, out: _Collector) -> bool:
         try:
             datetime.fromisoformat(m["created"].replace("Z", "+00:00"))
         except ValueError:
-            out.add(Severity.ERROR, "bad-value", f"field 'created' must be an ISO 8601 time, got {m['created']!r}", table="manifest", column="created", file=where)
+            out.add(
+                Severity.ERROR,
+                "bad-value",
+                f"field 'created' must be an ISO 8601 time, got {m['created']!r}",
+                table="manifest",
+                column="created",
+                file=where,
+            )
     if isinstance(m.get("run_id"), str) and not m["run_id"]:
         out.add(Severity.ERROR, "bad-value", "field 'run_id' must not be empty", table="manifest", column="run_id", file=where)
     producer = m.get("producer")
     if isinstance(producer, dict) and not isinstance(producer.get("adapter"), str):
-        out.add(Severity.ERROR, "missing-field", "field 'producer' must have a string 'adapter'", table="manifest", column="producer", file=where)
+        out.add(
+            Severity.ERROR,
+            "missing-field",
+            "field 'producer' must have a string 'adapter'",
+            table="manifest",
+            column="producer",
+            file=where,
+        )
     ws = m.get("world_size")
     if isinstance(ws, int) and not isinstance(ws, bool) and ws < 1:
-        out.add(Severity.ERROR, "bad-value", f"field 'world_size' must be >= 1, got {ws}", table="manifest", column="world_size", file=where)
+        out.add(
+            Severity.ERROR, "bad-value", f"field 'world_size' must be >= 1, got {ws}", table="manifest", column="world_size", file=where
+        )
     if m.get("complete") is False:
         out.add(Severity.WARNING, "incomplete", "complete is false: a writer is still open or was killed (data after its last flushed batch is missing)",
                 table="manifest", column="complete", file=where)  # fmt: skip
@@ -277,7 +326,13 @@ def _check_nodes(root: Path, out: _Collector, report: ValidationReport, *, requi
     path = root / NODES.location
     if not path.is_file():
         if required:
-            out.add(Severity.ERROR, "missing-table", f"{NODES.location} is required when records or tensors exist", table="nodes", file=NODES.location)
+            out.add(
+                Severity.ERROR,
+                "missing-table",
+                f"{NODES.location} is required when records or tensors exist",
+                table="nodes",
+                file=NODES.location,
+            )
         return None
     try:
         table = _read_ipc(path)
@@ -322,12 +377,16 @@ def _check_parent_cycles(parent_of: dict[int, int], out: _Collector, path: Path)
             chain.append(node)
             node = parent_of[node]
         if state.get(node) == 1:
-            out.add(Severity.ERROR, "parent-cycle", f"the parent chain of node {node} is a cycle", table="nodes", column="parent", file=path)
+            out.add(
+                Severity.ERROR, "parent-cycle", f"the parent chain of node {node} is a cycle", table="nodes", column="parent", file=path
+            )
         for n in chain:
             state[n] = 2
 
 
-def _check_partitioned(root: Path, name: str, out: _Collector, report: ValidationReport, node_ids: set[int] | None, world_size: int) -> None:
+def _check_partitioned(
+    root: Path, name: str, out: _Collector, report: ValidationReport, node_ids: set[int] | None, world_size: int
+) -> None:
     tdef = TABLES[name]
     table_dir = root / name
     if table_dir.exists() and not table_dir.is_dir():
@@ -336,12 +395,24 @@ def _check_partitioned(root: Path, name: str, out: _Collector, report: Validatio
     if table_dir.is_dir():
         for entry in sorted(table_dir.iterdir()):
             if not entry.name.startswith(".") and not (entry.is_dir() and entry.name.startswith("rank=") and entry.name[5:].isdigit()):
-                out.add(Severity.WARNING, "bad-layout", f"'{entry.name}' is not a rank=<R> partition directory (ignored by readers)", table=name, file=entry)
+                out.add(
+                    Severity.WARNING,
+                    "bad-layout",
+                    f"'{entry.name}' is not a rank=<R> partition directory (ignored by readers)",
+                    table=name,
+                    file=entry,
+                )
     rows = 0
     for seg in list_segments(root, name):
         open_segment(seg)
         if seg.rank >= world_size:
-            out.add(Severity.ERROR, "bad-rank", f"partition rank={seg.rank} but the manifest's world_size is {world_size}", table=name, file=seg.path)
+            out.add(
+                Severity.ERROR,
+                "bad-rank",
+                f"partition rank={seg.rank} but the manifest's world_size is {world_size}",
+                table=name,
+                file=seg.path,
+            )
         if not _check_segment_readable(seg, out):
             continue
         for issue in check_schema(tdef, seg.schema):

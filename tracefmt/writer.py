@@ -36,7 +36,9 @@ class _SegmentSink:
         self.rows_written = 0
         self._file: pa.NativeFile | None = None
         self._writer: ipc.RecordBatchFileWriter | None = None
-        existing = [int(p.stem.split("-")[1]) for p in self.dir.glob("part-*.*") if p.stem.split("-")[1].isdigit()] if self.dir.is_dir() else []
+        existing = (
+            [int(p.stem.split("-")[1]) for p in self.dir.glob("part-*.*") if p.stem.split("-")[1].isdigit()] if self.dir.is_dir() else []
+        )
         self._next_index = max(existing, default=-1) + 1
 
     def add(self, batch: pa.Table) -> bool:
@@ -207,7 +209,10 @@ class TraceWriter:
 
     def log_scalar(self, name: str, value: float, *, step: int, phase: str = "train", epoch: int | None = None) -> None:
         """Append one scalar value (wall time taken now)."""
-        self.append("scalars", {"step": [step], "epoch": [epoch], "phase": [str(phase)], "name": [name], "value": [float(value)], "wall_time": [time.time()]})
+        self.append(
+            "scalars",
+            {"step": [step], "epoch": [epoch], "phase": [str(phase)], "name": [name], "value": [float(value)], "wall_time": [time.time()]},
+        )
 
     def write_tensor(
         self,

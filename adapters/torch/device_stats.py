@@ -16,7 +16,6 @@ histogram.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from tracefmt.enums import HistScheme
 from tracefmt.histogram import Binning
 
 from .binning_tables import extended_layout, symlog_boundaries
+from .cpu_stats import cpu_row
 
 __all__ = ["StatKernel", "as_float", "MOMENTS"]
 
@@ -50,13 +50,14 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 class StatKernel:
     """Compute and decode statistic rows for one binning (or none).
 
-    Float32 tensors on the CPU with a symlog binning go through the C kernel of
-    :mod:`tracefmt.adapters.torch.native` when it is available (one pass, no launches);
-    everything else through a few torch operations on the tensor's device.
+    CPU tensors go through :func:`tracefmt.reduction.reduce` (tracefmt's native kernel:
+    one pass, no launches; see :mod:`tracefmt.adapters.torch.cpu_stats`); tensors on
+    other devices through a few torch operations on the tensor's device.
 
     Args:
         binning: The histogram binning, or None for statistics only.
-        native: Use the C kernel for CPU tensors: None (when available), or False.
+        native: CPU tensors through tracefmt's reduction (None, the default) or through
+            the torch operations (False).
     """
 
     def __init__(self, binning: Binning | None, *, native: bool | None = None) -> None:
@@ -70,23 +71,17 @@ class StatKernel:
         #: Length of one row.
         self.width = self.counts + MOMENTS
         self._boundaries: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        self._native = None
-        self._tables = None
-        #: Threads of the C kernel. One by default: a hook runs between torch's own
-        #: parallel operations, and on a busy machine a second OpenMP team costs more
-        #: than it saves (measured; see bench/RESULTS.md).
-        self.threads = int(os.environ.get("TRACEFMT_NATIVE_THREADS", "1"))
-        if self.symlog and native is not False:
-            from .native import native_kernel, symlog_tables
-
-            lib, tables = native_kernel(), symlog_tables(binning)
-            if lib is not None and tables is not None:
-                self._native, self._tables = lib.tracefmt_stats_f32, tables
+        #: CPU tensors go through tracefmt's reduction (native kernel or numpy twin) unless False.
+        self.cpu_reduction = native is not False
+        #: Kept for compatibility: the reduction runs on the calling thread.
+        self.threads = 1
 
     @property
     def uses_native(self) -> bool:
-        """True when CPU float32 tensors use the C kernel."""
-        return self._native is not None
+        """True when CPU tensors use tracefmt's native kernel."""
+        from tracefmt.reduction import native_available
+
+        return self.cpu_reduction and native_available()
 
     # -- device side ------------------------------------------------------------------
     def _bounds(self, f: torch.Tensor) -> torch.Tensor:
@@ -105,8 +100,8 @@ class StatKernel:
             row = torch.zeros(self.width, dtype=torch.float64, device=f.device)
             row[-2:] = float("nan")
             return row
-        if self._native is not None and f.device.type == "cpu" and f.dtype == torch.float32:
-            return self._native_row(f)
+        if self.cpu_reduction and f.device.type == "cpu":
+            return cpu_row(self, f)
         fin = torch.isfinite(f)
         if self.symlog:
             idx = torch.bucketize(f, self._bounds(f), out_int32=True, right=False)
@@ -126,14 +121,6 @@ class StatKernel:
             ]
         )
         return torch.cat([counts.to(torch.float64), moments])
-
-    def _native_row(self, f: torch.Tensor) -> torch.Tensor:
-        f = f.contiguous()
-        row = torch.empty(self.width, dtype=torch.float64)
-        t = self._tables
-        p = row.data_ptr()
-        self._native(f.data_ptr(), f.numel(), t.bound.ctypes.data, t.first.ctypes.data, t.nbins, t.nan_bin, len(t.nonfinite), t.nonfinite.ctypes.data, self.threads, p, p + 8 * self.counts)
-        return row
 
     def _linear_counts(self, f: torch.Tensor, fin: torch.Tensor) -> torch.Tensor:
         basic = torch.stack([torch.isnan(f).sum(), torch.isinf(f).sum(), (f == 0).sum(), (f > 0).sum()])
@@ -180,18 +167,21 @@ class StatKernel:
         k = nan + inf
         n = big_n - k
         mean_c, std_c, abs_sum, mn, mx = (rows[:, self.counts + i] for i in range(MOMENTS))
-        var_c = std_c * std_c
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             # c holds k zeros in place of the non-finite elements: undo them exactly
-            # (parallel-variance combination of the finite part with k zeros).
-            mean = mean_c * big_n / n
-            m2 = var_c * big_n - mean * mean * n * k / big_n
-            var = np.maximum(m2, 0.0) / n
+            # (parallel-variance combination of the finite part with k zeros), on values
+            # scaled by s so that statistics near the float64 range do not overflow.
+            ratio = big_n / n
+            mean = mean_c * ratio
+            s = np.maximum(np.abs(mean), np.abs(std_c))
+            s = np.where((s > 0) & np.isfinite(s), s, 1.0)
+            var_s = (std_c / s) ** 2 * ratio - (mean / s) ** 2 * (k / big_n)
             none = n == 0
             out["mean"] = np.where(none, np.nan, mean)
-            out["std"] = np.where(none, np.nan, np.sqrt(var))
+            out["std"] = np.where(none, np.nan, s * np.sqrt(np.maximum(var_s, 0.0)))
             out["abs_mean"] = np.where(none, np.nan, abs_sum / n)
-            out["l2"] = np.where(none, 0.0, np.sqrt(np.maximum(m2, 0.0) + n * mean * mean))
+            # sum of c^2 = N * (var_c + mean_c^2): the finite elements' squares.
+            out["l2"] = np.where(none, 0.0, np.sqrt(big_n) * np.hypot(mean_c, std_c))
             out["min"] = np.where(none, np.nan, mn)
             out["max"] = np.where(none, np.nan, mx)
         out.update(

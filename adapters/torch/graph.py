@@ -220,8 +220,14 @@ class GraphRecorder:
                     self._mode = None
                 self.done = True
                 self.armed = False
-                if self.on_done is not None:
-                    self.on_done(self)
+                try:
+                    if self.on_done is not None:
+                        self.on_done(self)
+                finally:
+                    # Nothing from discovery outlives the recorded forward: the named
+                    # tensors (activations of the whole pass) and the hooks on every
+                    # module are released as soon as the graph is known.
+                    self.detach()
 
         return hook
 

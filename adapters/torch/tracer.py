@@ -24,6 +24,7 @@ from .graph import GraphRecorder, ModuleIndex
 from .observations import HostBatch, Observation, StepBatch, describe
 from .selection import as_patterns, channel_axis, matches, select_modules
 from .slots import tensor_slots
+from .unusual import UnusualTensors
 
 __all__ = ["TorchTracer"]
 
@@ -144,6 +145,7 @@ class TorchTracer:
         self.weight_every = int(weight_every) if weight_every is not None else self.every
         self.matrix_stats = bool(matrix_stats)
         self.kernel = StatKernel(histogram)
+        self._unusual = UnusualTensors(lambda node: self.index.name(node))
         self._channels = channels if isinstance(channels, bool) else as_patterns(channels)
         self._raw = as_patterns(raw)
         self.optimizer = optimizer
@@ -173,7 +175,12 @@ class TorchTracer:
         self.traced = select_modules(self.index, **self._select)
         import tracefmt
 
-        producer = {"adapter": "tracefmt.adapters.torch", "framework": "torch", "framework_version": torch.__version__, "tracefmt_version": tracefmt.__version__}
+        producer = {
+            "adapter": "tracefmt.adapters.torch",
+            "framework": "torch",
+            "framework_version": torch.__version__,
+            "tracefmt_version": tracefmt.__version__,
+        }
         opts = self._writer_opts
         # Rank 0 creates the directory and manifest before the other ranks add to it.
         if self.rank != 0:
@@ -283,7 +290,16 @@ class TorchTracer:
         if table is not None:
             self.writer.write_records(table)
         for o, values in host.raw_tensors():
-            self.writer.write_tensor(values, step=host.batch.step, node_id=o.node_id, kind=o.kind, slot=o.slot, call=o.call, phase=host.batch.phase, dtype=o.dtype)
+            self.writer.write_tensor(
+                values,
+                step=host.batch.step,
+                node_id=o.node_id,
+                kind=o.kind,
+                slot=o.slot,
+                call=o.call,
+                phase=host.batch.phase,
+                dtype=o.dtype,
+            )
         scalars = host.scalar_rows()
         if scalars is not None:
             self.writer.append("scalars", scalars)
@@ -367,8 +383,22 @@ class TorchTracer:
             raise UsageError("the TorchTracer is not running (use it as a context manager or call start())")
 
     # -- observing --------------------------------------------------------------------
-    def _observe(self, node: int, kind: Kind, slot: str, call: int, t: torch.Tensor, *, module: nn.Module | None = None, chan: bool = False, raw: bool = False, mat: bool = False, median: bool = False) -> None:
-        if t.is_complex():
+    def _observe(
+        self,
+        node: int,
+        kind: Kind,
+        slot: str,
+        call: int,
+        t: torch.Tensor,
+        *,
+        module: nn.Module | None = None,
+        chan: bool = False,
+        raw: bool = False,
+        mat: bool = False,
+        median: bool = False,
+    ) -> None:
+        t = self._unusual.for_stats(node, t)
+        if t is None:
             return
         rec = self._recorder
         rec._paused += 1
@@ -387,9 +417,13 @@ class TorchTracer:
                 axis = channel_axis(module, t.ndim) if module is not None else 1
                 obs.channels, obs.channel_axis = int(t.shape[axis]), axis
                 parts.append(channel_vector(t, axis))
-            self._batch.add(obs, parts[0] if len(parts) == 1 else torch.cat(parts))
-            if raw:
-                self._batch.raw.append((obs, t.detach().clone()))
+            vector = parts[0] if len(parts) == 1 else torch.cat(parts)
+            copy = self._unusual.for_raw(node, t) if raw else None
+            self._batch.add(obs, vector)
+            if copy is not None:
+                self._batch.raw.append((obs, copy))
+        except Exception as exc:  # the training loop must never die because of a tensor
+            self._unusual.failed(node, kind.value, exc)
         finally:
             rec._paused -= 1
 

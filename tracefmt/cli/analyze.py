@@ -32,10 +32,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("traces", metavar="TRACE", nargs="+", help="trace directories")
     p.add_argument("--only", metavar="A,B", help="run only these analyzers (comma-separated); default: all registered")
-    p.add_argument("--set", metavar="ANALYZER.PARAM=VALUE", action="append", default=[], dest="settings", help="set an analyzer parameter (repeatable); see 'tracefmt analyzers'")
+    p.add_argument(
+        "--set",
+        metavar="ANALYZER.PARAM=VALUE",
+        action="append",
+        default=[],
+        dest="settings",
+        help="set an analyzer parameter (repeatable); see 'tracefmt analyzers'",
+    )
     add_format_option(p, choices=("table", "json", "arrow"))
     p.add_argument("--out", metavar="DIR", help="write findings.arrow, findings.json and figures/ into DIR")
-    p.add_argument("--figure-format", default="png", metavar="FMT[,FMT]", help="figure formats written with --out: png, svg, pdf (default: png)")
+    p.add_argument(
+        "--figure-format", default="png", metavar="FMT[,FMT]", help="figure formats written with --out: png, svg, pdf (default: png)"
+    )
     p.add_argument("--write", action="store_true", help="also store the findings inside each trace (findings/<analyzer>.arrow)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal)")
     p.set_defaults(run=run)
@@ -105,7 +114,9 @@ def _print_report(report: Any, table: Any, written: list[Path]) -> None:
     for s in table.column("severity").to_pylist():
         counts[s] += 1
     ran = report.to_dict()["ran"]
-    out.write(f"\n{table.num_rows} findings ({counts['error']} errors, {counts['warning']} warnings, {counts['info']} info) from {len(ran)} analyzers: {', '.join(ran) or 'none'}\n")
+    out.write(
+        f"\n{table.num_rows} findings ({counts['error']} errors, {counts['warning']} warnings, {counts['info']} info) from {len(ran)} analyzers: {', '.join(ran) or 'none'}\n"
+    )
     for s in report.skipped_list:
         where = f" [{s.trace}]" if s.trace and len(report.traces) > 1 else ""
         out.write(f"skipped {s.analyzer}{where}: {s.reason}\n")

@@ -38,8 +38,17 @@ def describe() -> list[dict[str, Any]]:
         row.update(
             description=cls.description,
             multi_run=bool(cls.multi_run),
-            needs={"tables": list(n.tables), "kinds": list(n.kinds), "any_kind": n.any_kind, "columns": list(n.columns), "scalars": list(n.scalars)},
-            params=[{"name": p.name, "default": list(p.default) if isinstance(p.default, tuple) else p.default, "help": p.help} for p in cls.params],
+            needs={
+                "tables": list(n.tables),
+                "kinds": list(n.kinds),
+                "any_kind": n.any_kind,
+                "columns": list(n.columns),
+                "scalars": list(n.scalars),
+            },
+            params=[
+                {"name": p.name, "default": list(p.default) if isinstance(p.default, tuple) else p.default, "help": p.help}
+                for p in cls.params
+            ],
         )
         out.append(row)
     return out
@@ -68,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
             out.write(f"{row['name']}  (cannot be loaded: {row['error']})\n\n")
             continue
         multi = "  [multi-run]" if row["multi_run"] else ""
-        out.write(f"{row['name']}{multi}  ({row['distribution'] or row['target']})\n  {row['description']}\n  needs: {_needs_text(row['needs'])}\n")
+        out.write(
+            f"{row['name']}{multi}  ({row['distribution'] or row['target']})\n  {row['description']}\n  needs: {_needs_text(row['needs'])}\n"
+        )
         for p in row["params"]:
             default = ",".join(map(str, p["default"])) if isinstance(p["default"], list) else fmt_value(p["default"])
             out.write(f"    {row['name']}.{p['name']} = {default}    {p['help']}\n")

@@ -18,7 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--out", default="demo-output", metavar="DIR", help="output directory (default: ./demo-output)")
-    p.add_argument("--quick", action="store_true", help="fewer samples and epochs (a smoke run; the training-dynamics analyzer may then warn that it has too few checkpoints)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer samples and epochs (a smoke run; the training-dynamics analyzer may then warn that it has too few checkpoints)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 

@@ -27,6 +27,7 @@ def _counts(d: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the summary of ``args.trace``."""
+    from ..reduction import native_status
     from ..summary import trace_summary
 
     s = trace_summary(args.trace)
@@ -62,9 +63,12 @@ def run(args: argparse.Namespace) -> int:
     ]
     if s["incomplete_segments"]:
         lines.append(("incomplete", ", ".join(s["incomplete_segments"])))
+    lines.append(("statistics", f"this installation computes with the {native_status()}"))
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         out.write(f"{k.ljust(width)}  {v}\n")
     out.write("\n")
-    print_table([{"table": k, "files": v["files"], "size": human_bytes(v["bytes"])} for k, v in s["sizes"].items()], ("table", "files", "size"))
+    print_table(
+        [{"table": k, "files": v["files"], "size": human_bytes(v["bytes"])} for k, v in s["sizes"].items()], ("table", "files", "size")
+    )
     return EXIT_OK

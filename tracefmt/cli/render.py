@@ -26,8 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("trace", metavar="TRACE", help="trace directory")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file (.svg, .png, .pdf or .dot)")
-    p.add_argument("--metric", choices=metrics, default=None, help="what the fill shows (default: dead_fraction; diff_error with --compare)")
-    p.add_argument("--kind", choices=[k.value for k in Kind], default=None, help="record kind the metric is computed from (default: activation)")
+    p.add_argument(
+        "--metric", choices=metrics, default=None, help="what the fill shows (default: dead_fraction; diff_error with --compare)"
+    )
+    p.add_argument(
+        "--kind", choices=[k.value for k in Kind], default=None, help="record kind the metric is computed from (default: activation)"
+    )
     p.add_argument("--phase", choices=[ph.value for ph in Phase], default=None, help="phase (default: train if present)")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--step", type=int, default=None, help="step to show")

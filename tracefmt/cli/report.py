@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     info = write_report(args.trace, args.output, compare=args.compare, analyzers=only, depth=args.depth, title=args.title)
     sev = info.findings.column("severity").to_pylist()
     counts = ", ".join(f"{sev.count(s)} {s}" for s in ("error", "warning", "info"))
-    sys.stdout.write(f"wrote {info.path}: {info.findings.num_rows} finding(s) ({counts}), {len(info.figures)} figure(s), {len(info.graphs)} graph(s)\n")
+    sys.stdout.write(
+        f"wrote {info.path}: {info.findings.num_rows} finding(s) ({counts}), {len(info.figures)} figure(s), {len(info.graphs)} graph(s)\n"
+    )
     for key, err in info.figure_errors.items():
         sys.stderr.write(f"tracefmt report: figure {key} could not be drawn: {err}\n")
     return 1 if "error" in sev else 0

@@ -39,5 +39,7 @@ def run(args: argparse.Namespace) -> int:
             print_table([p.as_dict() for p in report.problems], _COLUMNS, max_width=100)
         verdict = "valid" if report.valid else "INVALID"
         rows = ", ".join(f"{k} {v}" for k, v in report.rows_checked.items())
-        sys.stdout.write(f"{report.path}: {verdict} ({len(report.errors)} errors, {len(report.warnings)} warnings; rows checked: {rows or 'none'})\n")
+        sys.stdout.write(
+            f"{report.path}: {verdict} ({len(report.errors)} errors, {len(report.warnings)} warnings; rows checked: {rows or 'none'})\n"
+        )
     return EXIT_OK if report.valid else EXIT_FOUND

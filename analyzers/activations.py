@@ -88,7 +88,7 @@ class ActivationsAnalyzer(StreamingAnalyzer):
 
 
 class _ActivationsConsumer(RecordConsumer):
-    columns = ("mean", "std", "nan_count", "inf_count", "hist_scheme", "hist_lo", "hist_hi", "hist_counts")
+    columns = ("mean", "std", "nan_count", "inf_count", "hist_scheme", "hist_lo", "hist_hi", "hist_counts", "hist_edges")
 
     def __init__(self, trace: Trace, params: dict[str, Any]) -> None:
         self.trace = trace

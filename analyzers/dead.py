@@ -79,7 +79,7 @@ def _bin_selector(mask: np.ndarray | None) -> slice | np.ndarray | None:
 
 
 class _DeadConsumer(RecordConsumer):
-    columns = ("numel", "nan_count", "inf_count", "zero_count", "mean", "std", "l2", "max", "hist_scheme", "hist_lo", "hist_hi", "hist_counts", "channel_pos_frac")
+    columns = ("numel", "nan_count", "inf_count", "zero_count", "mean", "std", "l2", "max", "hist_scheme", "hist_lo", "hist_hi", "hist_counts", "hist_edges", "channel_pos_frac")
 
     def __init__(self, trace: Trace, params: dict[str, Any]) -> None:
         self.trace = trace

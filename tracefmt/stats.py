@@ -113,6 +113,8 @@ def tensor_stats(
             hist_hi=float(binning.hi),
             hist_counts=histogram(flat, binning).tolist(),
         )
+        if binning.explicit is not None:
+            out["hist_edges"] = list(binning.explicit)
     return out
 
 

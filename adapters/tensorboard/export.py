@@ -110,8 +110,9 @@ class TensorBoardMirror:
             self._writer.add_event(self._event.Event(wall_time=wall_time or time.time(), step=int(step), summary=summary))
 
     # -- rows ----------------------------------------------------------------------------
-    def add_records(self, records: pa.Table | pa.RecordBatch) -> None:
-        """Write the histograms and statistic series of ``records`` rows."""
+    def add_records(self, records: Any) -> None:
+        """Write the histograms and statistic series of ``records`` rows (a table, or columns as the writer takes them)."""
+        records = _as_table("records", records)
         cols = [c for c in records.schema.names if c in ("step", "phase", "node_id", "kind", "slot", "call", "dtype", "shape", "numel", "nan_count", "inf_count",
                                                           "hist_scheme", "hist_lo", "hist_hi", "hist_counts", "hist_edges", *METRICS)]  # fmt: skip
         rows = records.select(cols).to_pylist()
@@ -123,7 +124,9 @@ class TensorBoardMirror:
                 out = by_step.setdefault(int(r["step"]), [])
                 if self.histograms and r.get("hist_counts") is not None and r.get("hist_scheme"):
                     tag = histogram_tag(node, key)
-                    self._series.setdefault(tag, [key.phase, key.node_id, key.kind, key.slot, key.call, None, r.get("dtype"), r.get("shape")])
+                    self._series.setdefault(
+                        tag, [key.phase, key.node_id, key.kind, key.slot, key.call, None, r.get("dtype"), r.get("shape")]
+                    )
                     value = self._histogram_value(tag, r)
                     if value is not None:
                         out.append(value)
@@ -138,12 +141,15 @@ class TensorBoardMirror:
                 self._last_step = max(self._last_step, step)
                 self._emit(step, values)
 
-    def add_scalars(self, scalars: pa.Table | pa.RecordBatch) -> None:
+    def add_scalars(self, scalars: Any) -> None:
         """Write named scalar rows (``step``, ``phase``, ``name``, ``value``, ``wall_time``)."""
+        scalars = _as_table("scalars", scalars)
         with self._lock:
             for r in scalars.to_pylist():
                 self._last_step = max(self._last_step, int(r["step"]))
-                self._emit(int(r["step"]), [self._scalar_value(scalar_tag(str(r["name"]), str(r["phase"])), r["value"])], r.get("wall_time"))
+                self._emit(
+                    int(r["step"]), [self._scalar_value(scalar_tag(str(r["name"]), str(r["phase"])), r["value"])], r.get("wall_time")
+                )
 
     def flush(self) -> None:
         """Write buffered events to disk now."""
@@ -166,7 +172,22 @@ class TensorBoardMirror:
         self.close()
 
 
-def export_tensorboard(trace: Any, logdir: str | Path, *, metrics: tuple[str, ...] = METRICS, histograms: bool = True, rank: int = 0) -> Path:
+def _as_table(table: str, data: Any) -> pa.Table | pa.RecordBatch:
+    """Rows as an Arrow table of ``table``'s schema (the writer's accepted inputs)."""
+    from tracefmt._conform import to_batch
+    from tracefmt.schema import TABLES
+
+    if isinstance(data, (pa.Table, pa.RecordBatch)):
+        return data
+    if isinstance(data, dict) and "rank" not in data:
+        n = len(next(iter(data.values()))) if data else 0
+        data = {**data, "rank": np.zeros(n, dtype=np.int32)}
+    return to_batch(TABLES[table], data)
+
+
+def export_tensorboard(
+    trace: Any, logdir: str | Path, *, metrics: tuple[str, ...] = METRICS, histograms: bool = True, rank: int = 0
+) -> Path:
     """Write a trace's scalars, per-layer histograms and statistic series for TensorBoard.
 
     Args:

@@ -35,7 +35,9 @@ __all__ = ["import_tensorboard", "find_run"]
 DBL_MAX = sys.float_info.max
 _KINDS = {k.value for k in Kind}
 _PHASES = {p.value for p in Phase}
-_HIST_TAG = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<metric>[a-z_0-9]+))?(?:@(?P<phase>[a-z]+))?/(?P<node>.+?)(?::(?P<slot>[^:#/]*))?(?:#(?P<call>\d+))?$")
+_HIST_TAG = re.compile(
+    r"^(?P<kind>[a-z_]+)(?:\.(?P<metric>[a-z_0-9]+))?(?:@(?P<phase>[a-z]+))?/(?P<node>.+?)(?::(?P<slot>[^:#/]*))?(?:#(?P<call>\d+))?$"
+)
 
 
 def _has_events(d: Path) -> bool:
@@ -206,7 +208,9 @@ def _graph_nodes(acc: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def import_tensorboard(logdir: str | Path, out: str | Path, *, run: str | None = None, mode: str = "create", model: str | None = None) -> Path:
+def import_tensorboard(
+    logdir: str | Path, out: str | Path, *, run: str | None = None, mode: str = "create", model: str | None = None
+) -> Path:
     """Convert one TensorBoard run to a trace.
 
     Args:

@@ -85,6 +85,9 @@ class TorchTracer:
         mode: Writer mode: 'create', 'overwrite' or 'append'. Defaults to 'create'.
         rank: This process's rank. Defaults to torch.distributed's, else 0.
         world_size: Number of ranks. Defaults to torch.distributed's, else 1.
+        tensorboard: A TensorBoard log directory that mirrors the records and scalars live
+            (histograms and statistic series, :mod:`tracefmt.adapters.tensorboard`).
+            Defaults to None (no mirror).
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class TorchTracer:
         mode: str = "create",
         rank: int | None = None,
         world_size: int | None = None,
+        tensorboard: str | Path | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise UsageError(f"TorchTracer needs an nn.Module; got {type(model).__name__}")
@@ -154,6 +158,9 @@ class TorchTracer:
         self.step_count = 0
         self._started = self._closed = False
         self._handles: list[Any] = []
+        self._tensorboard = tensorboard
+        self._tb: Any = None
+        self._watcher: Any = None
 
     # -- lifecycle --------------------------------------------------------------------
     def __enter__(self) -> TorchTracer:
@@ -173,7 +180,12 @@ class TorchTracer:
         self.traced = select_modules(self.index, **self._select)
         import tracefmt
 
-        producer = {"adapter": "tracefmt.adapters.torch", "framework": "torch", "framework_version": torch.__version__, "tracefmt_version": tracefmt.__version__}
+        producer = {
+            "adapter": "tracefmt.adapters.torch",
+            "framework": "torch",
+            "framework_version": torch.__version__,
+            "tracefmt_version": tracefmt.__version__,
+        }
         opts = self._writer_opts
         # Rank 0 creates the directory and manifest before the other ranks add to it.
         if self.rank != 0:
@@ -182,6 +194,10 @@ class TorchTracer:
         if self.rank == 0:
             barrier()
         self._bg = BackgroundWriter()
+        if self._tensorboard is not None:
+            from tracefmt.adapters.tensorboard import TensorBoardMirror
+
+            self._tb = TensorBoardMirror(self._tensorboard)
         try:
             self._attach()
         except BaseException:
@@ -207,6 +223,7 @@ class TorchTracer:
             finally:
                 self._bg.close()
                 self.writer.close()
+                self._mirror("close", self.writer.manifest)
 
     # -- attaching --------------------------------------------------------------------
     def _attach(self) -> None:
@@ -232,7 +249,21 @@ class TorchTracer:
         self._new_batch()
 
     def _write_nodes(self) -> None:
-        self.writer.write_nodes(self._recorder.rows())
+        rows = self._recorder.rows()
+        self.writer.write_nodes(rows)
+        self._mirror("set_nodes", rows)
+
+    def _mirror(self, method: str, *args: Any) -> None:
+        """Hand rows to the TensorBoard mirror; a failing mirror is dropped with a warning, never raised."""
+        if self._tb is None:
+            return
+        try:
+            getattr(self._tb, method)(*args)
+        except Exception as exc:  # noqa: BLE001 - the training loop must not see it
+            import warnings
+
+            warnings.warn(f"TensorBoard mirror stopped: {exc}", RuntimeWarning, stacklevel=2)
+            self._tb = None
 
     def _root_pre(self, module: nn.Module, args: Any) -> None:
         self._bg.check()
@@ -282,16 +313,52 @@ class TorchTracer:
         table = host.records(self.kernel)
         if table is not None:
             self.writer.write_records(table)
+            self._mirror("add_records", table)
         for o, values in host.raw_tensors():
-            self.writer.write_tensor(values, step=host.batch.step, node_id=o.node_id, kind=o.kind, slot=o.slot, call=o.call, phase=host.batch.phase, dtype=o.dtype)
+            self.writer.write_tensor(
+                values,
+                step=host.batch.step,
+                node_id=o.node_id,
+                kind=o.kind,
+                slot=o.slot,
+                call=o.call,
+                phase=host.batch.phase,
+                dtype=o.dtype,
+            )
         scalars = host.scalar_rows()
         if scalars is not None:
             self.writer.append("scalars", scalars)
+            self._mirror("add_scalars", scalars)
         preds = host.prediction_rows()
         if preds is not None:
             self.writer.append("predictions", preds)
 
     # -- public per-step API ----------------------------------------------------------
+    def findings(self, *, names: Sequence[str] | None = None, params: dict[str, Any] | None = None) -> list[Any]:
+        """Findings that appeared since the last call, from the steps recorded so far.
+
+        Writes what is pending, then looks at the trace as a reader would
+        (:class:`tracefmt.analyzers.watch.Watcher`), so a loop can stop a dying run::
+
+            if any(n.finding.severity == "error" for n in tracer.findings()):
+                break
+
+        Args:
+            names: Analyzers to run. Defaults to the watch's (activations, dead, gradients, loss).
+            params: Analyzer parameters.
+
+        Returns:
+            :class:`~tracefmt.analyzers.watch.NewFinding` items (finding and the step seen at).
+        """
+        self._require_open()
+        from tracefmt.analyzers.watch import Watcher
+
+        if self._watcher is None:
+            self._watcher = Watcher(self.path, names=names, params=params)
+        self._bg.drain()
+        self.writer.flush()
+        return self._watcher.poll().new
+
     def step(self) -> None:
         """End the current training step: record weights (if due), hand the step to the writer.
 
@@ -367,7 +434,20 @@ class TorchTracer:
             raise UsageError("the TorchTracer is not running (use it as a context manager or call start())")
 
     # -- observing --------------------------------------------------------------------
-    def _observe(self, node: int, kind: Kind, slot: str, call: int, t: torch.Tensor, *, module: nn.Module | None = None, chan: bool = False, raw: bool = False, mat: bool = False, median: bool = False) -> None:
+    def _observe(
+        self,
+        node: int,
+        kind: Kind,
+        slot: str,
+        call: int,
+        t: torch.Tensor,
+        *,
+        module: nn.Module | None = None,
+        chan: bool = False,
+        raw: bool = False,
+        mat: bool = False,
+        median: bool = False,
+    ) -> None:
         if t.is_complex():
             return
         rec = self._recorder

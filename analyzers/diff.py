@@ -168,6 +168,12 @@ class DiffResult:
         """The findings as an Arrow table with the spec's findings schema."""
         return findings_table(self.findings_for(side))
 
+    def _repr_html_(self) -> str:
+        """Notebook view: the verdict line ``tracefmt diff`` prints, and the pairs around the divergence."""
+        from .notebook import diff_html
+
+        return diff_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary and details."""
         return {

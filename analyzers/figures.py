@@ -34,7 +34,9 @@ SERIES_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860
 FIGURE_FORMATS = ("png", "svg", "pdf")
 
 
-def new_figure(*, nrows: int = 1, ncols: int = 1, width: float = 7.0, height: float = 4.0, squeeze: bool = True, **subplots: Any) -> tuple[Any, Any]:
+def new_figure(
+    *, nrows: int = 1, ncols: int = 1, width: float = 7.0, height: float = 4.0, squeeze: bool = True, **subplots: Any
+) -> tuple[Any, Any]:
     """A new Agg-backed Figure and its axes (``fig, axes`` as ``Figure.subplots`` returns).
 
     Raises:
@@ -45,6 +47,9 @@ def new_figure(*, nrows: int = 1, ncols: int = 1, width: float = 7.0, height: fl
         from matplotlib.figure import Figure
     except ImportError:
         raise MissingDependencyError("matplotlib", "analyzers", "figures") from None
+    from .notebook import register_inline_figures
+
+    register_inline_figures()  # a bare Figure shows inline in a notebook without %matplotlib
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=squeeze, **subplots)
@@ -78,4 +83,4 @@ def save_figure(fig: Any, stem: str | Path, *, formats: Sequence[str] = ("png",)
 def short_label(name: str | None, limit: int = 28) -> str:
     """A node name shortened for axis labels (keeps the end, the most specific part)."""
     name = name or "?"
-    return name if len(name) <= limit else "…" + name[-(limit - 1):]
+    return name if len(name) <= limit else "…" + name[-(limit - 1) :]

@@ -180,12 +180,7 @@ class TorchTracer:
         self.traced = select_modules(self.index, **self._select)
         import tracefmt
 
-        producer = {
-            "adapter": "tracefmt.adapters.torch",
-            "framework": "torch",
-            "framework_version": torch.__version__,
-            "tracefmt_version": tracefmt.__version__,
-        }
+        producer = {"adapter": "tracefmt.adapters.torch", "framework": "torch", "framework_version": torch.__version__, "tracefmt_version": tracefmt.__version__}
         opts = self._writer_opts
         # Rank 0 creates the directory and manifest before the other ranks add to it.
         if self.rank != 0:
@@ -315,16 +310,7 @@ class TorchTracer:
             self.writer.write_records(table)
             self._mirror("add_records", table)
         for o, values in host.raw_tensors():
-            self.writer.write_tensor(
-                values,
-                step=host.batch.step,
-                node_id=o.node_id,
-                kind=o.kind,
-                slot=o.slot,
-                call=o.call,
-                phase=host.batch.phase,
-                dtype=o.dtype,
-            )
+            self.writer.write_tensor(values, step=host.batch.step, node_id=o.node_id, kind=o.kind, slot=o.slot, call=o.call, phase=host.batch.phase, dtype=o.dtype)
         scalars = host.scalar_rows()
         if scalars is not None:
             self.writer.append("scalars", scalars)
@@ -434,20 +420,7 @@ class TorchTracer:
             raise UsageError("the TorchTracer is not running (use it as a context manager or call start())")
 
     # -- observing --------------------------------------------------------------------
-    def _observe(
-        self,
-        node: int,
-        kind: Kind,
-        slot: str,
-        call: int,
-        t: torch.Tensor,
-        *,
-        module: nn.Module | None = None,
-        chan: bool = False,
-        raw: bool = False,
-        mat: bool = False,
-        median: bool = False,
-    ) -> None:
+    def _observe(self, node: int, kind: Kind, slot: str, call: int, t: torch.Tensor, *, module: nn.Module | None = None, chan: bool = False, raw: bool = False, mat: bool = False, median: bool = False) -> None:
         if t.is_complex():
             return
         rec = self._recorder

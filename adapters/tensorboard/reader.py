@@ -27,6 +27,7 @@ import numpy as np
 
 from tracefmt.enums import Kind, Phase
 from tracefmt.errors import MissingDependencyError, TraceNotFoundError, UsageError
+from tracefmt.op_classes import classify_op_type
 
 from .tags import METRICS, TRACE_TAG, parse_foreign_tag
 
@@ -204,7 +205,10 @@ def _graph_nodes(acc: Any) -> list[dict[str, Any]]:
         parts = re.findall(r"\[([^\]]+)\]", n.name)
         scope = ".".join(parts) if parts else n.name.rpartition("/")[0].replace("/", ".")
         inputs = [s.lstrip("^").split(":")[0] for s in n.input]
-        rows.append({"name": n.name, "scope": scope, "op_type": n.op or "", "inputs": inputs, "outputs": [n.name], "order": i})
+        # TensorBoard graphs carry framework op names ('aten::linear', 'MatMul'): the
+        # name rule of the op vocabulary is the only source of their class.
+        rows.append({"name": n.name, "scope": scope, "op_type": n.op or "", "op_class": classify_op_type(n.op or "").value,
+                     "inputs": inputs, "outputs": [n.name], "order": i})  # fmt: skip
     return rows
 
 

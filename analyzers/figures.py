@@ -121,7 +121,8 @@ def apply_scale(ax: Any, scale: str, values: Any, axis: str = "y") -> None:
         return
     v = np.abs(np.asarray(values, dtype=np.float64).reshape(-1))
     v = v[np.isfinite(v) & (v > 0)]
-    setter("symlog", linthresh=float(np.percentile(v, 5)) if len(v) else 1.0)
+    # The linear zone spans the typical magnitude, so only the outliers get log decades.
+    setter("symlog", linthresh=float(np.percentile(v, 50)) if len(v) else 1.0)
 
 
 def pick_rows(score: Any, limit: int = MAX_ROWS) -> tuple[list[int], list[int]]:

@@ -341,7 +341,8 @@ def _plot_depth(depth: list[dict[str, Any]]) -> Any:
         )
         ax.legend(fontsize=7, loc="best")
     ax.set_ylim(bottom=floor / 2)
-    ticks = sorted(set(sparse_ticks(n)) | set(zero.tolist()[:10]))
+    marked = zero.tolist()[:10]
+    ticks = sorted({t for t in sparse_ticks(n) if all(abs(t - z) > max(1, n // 80) for z in marked)} | set(marked))
     ax.set_xticks(ticks, [short_label(depth[i]["node"], 18) for i in ticks], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("typical gradient RMS (log)")
     ax.set_title(f"Gradient RMS across depth (input -> output, {n} layers)")

@@ -91,3 +91,23 @@ def test_400_layer_report_displays_in_chromium(tmp_path):
     assert int(status["data-images"]) == len(info.images) and int(status["data-svgs"]) >= 1
     shot = screenshot(info.path, tmp_path, height=3000)
     assert (shot.std(axis=(0, 1)) > 10).all()  # drawn content, not a blank page
+
+
+def test_layout_choice_counts_edges_and_never_ran_modules_are_not_drawn(tmp_path):
+    import tracefmt
+    from tracefmt.analyzers.render import drawn_node_ids, render_graph
+    from tracefmt.analyzers.render.graph import LARGE_GRAPH
+
+    small = render_graph(write_deep_trace(tmp_path / "a.trace", 100, steps=1))
+    assert not small.info.large
+    # 320 drawn nodes (fewer than LARGE_GRAPH) with 319 edges: nodes + edges decide.
+    big = render_graph(write_deep_trace(tmp_path / "b.trace", 320, steps=1))
+    assert big.info.drawn < LARGE_GRAPH < big.info.drawn + 319 and big.info.large
+    # A module that never ran (order null, no edge) next to modules that did is left out.
+    path = write_deep_trace(tmp_path / "c.trace", 6, steps=1)
+    rows = tracefmt.open(path).nodes.to_pylist()
+    rows.append({**rows[1], "node_id": 99, "name": "unused.head", "scope": "unused", "inputs": [], "outputs": [], "order": None})
+    with tracefmt.TraceWriter(path, mode="append") as w:
+        w.write_nodes(rows)
+    drawn = drawn_node_ids(render_graph(path).source)
+    assert "n99" not in drawn and "n1" in drawn

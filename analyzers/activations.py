@@ -14,6 +14,7 @@ Sources:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -88,7 +89,7 @@ class ActivationsAnalyzer(StreamingAnalyzer):
 
 
 class _ActivationsConsumer(RecordConsumer):
-    columns = ("mean", "std", "nan_count", "inf_count", "hist_scheme", "hist_lo", "hist_hi", "hist_counts")
+    columns = ("mean", "std", "nan_count", "inf_count", "hist_scheme", "hist_lo", "hist_hi", "hist_counts", "hist_edges")
 
     def __init__(self, trace: Trace, params: dict[str, Any]) -> None:
         self.trace = trace
@@ -221,20 +222,23 @@ def _rising_crash(series: LayerSeries, std: np.ndarray, nodes: dict, params: dic
 
 
 def _plot_telemetry(series: LayerSeries, mean: np.ndarray, std: np.ndarray, labels: list[str]) -> Any:
-    from .figures import SERIES_COLORS, new_figure, short_label
+    from .figures import new_figure, plot_layer_lines
 
-    fig, (ax_m, ax_s) = new_figure(nrows=2, width=8, height=6, sharex=True)
+    fig, (ax_m, ax_s) = new_figure(nrows=2, width=8, height=6.5, sharex=True)
     x = series.grid.starts
-    for i, label in enumerate(labels):
-        c = SERIES_COLORS[i % len(SERIES_COLORS)]
-        ax_m.plot(x, mean[i], lw=1, color=c, label=short_label(label))
-        ax_s.plot(x, std[i], lw=1, color=c)
+    # The same layers (largest std) in both panels, so a colour means one layer.
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        score = np.nanmax(np.where(np.isfinite(std), std, np.nan), axis=1) if std.size else np.zeros(len(labels))
+    plot_layer_lines(ax_m, x, mean, labels, score=score, signed=True)
+    scale = plot_layer_lines(ax_s, x, std, labels, score=score)
     ax_m.set_ylabel("mean")
-    ax_s.set_ylabel("std")
+    ax_s.set_ylabel("std" + (" (log)" if scale == "log" else ""))
     ax_s.set_xlabel("step")
-    ax_m.set_title("Activation telemetry per layer")
-    if 0 < len(labels) <= 16:
-        ax_m.legend(fontsize=6, ncol=2)
+    shown = min(len(labels), 8)
+    ax_m.set_title(
+        f"Activation telemetry: {shown} of {len(labels)} layers by largest std" if len(labels) > 9 else "Activation telemetry per layer"
+    )
     return fig
 
 
@@ -242,10 +246,13 @@ def _plot_colorful(hists: BucketHistograms, labels: dict[int, str], max_layers: 
     from .figures import SEQUENTIAL_CMAP, new_figure, short_label
 
     sums = hists.sums
-    sids = sorted(sums)[:max_layers]
+    every = sorted(sums)
+    # Small multiples of at most max_layers layers, evenly spaced by depth (first and last kept).
+    pick = np.unique(np.linspace(0, len(every) - 1, min(max_layers, len(every))).round().astype(int)) if every else []
+    sids = [every[i] for i in pick]
     ncols = min(4, len(sids))
     nrows = -(-len(sids) // ncols)
-    fig, axes = new_figure(nrows=nrows, ncols=ncols, width=3 * ncols, height=2.2 * nrows, squeeze=False)
+    fig, axes = new_figure(nrows=nrows, ncols=ncols, width=3.2 * ncols, height=2.4 * nrows + 0.4, squeeze=False)
     grid = hists.grid
     for ax in axes.flat[len(sids):]:
         ax.set_visible(False)
@@ -254,12 +261,29 @@ def _plot_colorful(hists: BucketHistograms, labels: dict[int, str], max_layers: 
         edges = np.asarray(_edges(hists.binning[sid]))
         ax.imshow(np.log1p(counts.T), aspect="auto", origin="lower", cmap=SEQUENTIAL_CMAP, interpolation="nearest",
                   extent=(grid.first, grid.last + 1, 0, counts.shape[1]))  # fmt: skip
-        ticks = np.linspace(0, counts.shape[1], 5).astype(int)
-        ax.set_yticks(ticks, [_fmt_edge(edges[min(t, len(edges) - 1)]) for t in ticks], fontsize=6)
-        ax.set_title(short_label(labels[sid], 24), fontsize=8)
-        ax.tick_params(axis="x", labelsize=6)
-    fig.suptitle("Colorful dimension: log1p(histogram counts) per step")
+        ticks, names = _bin_ticks(edges)
+        ax.set_yticks(ticks, names, fontsize=7)
+        ax.set_title(short_label(labels[sid], 28), fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    shown = f" ({len(sids)} of {len(every)} layers, evenly spaced by depth)" if len(sids) < len(every) else ""
+    fig.suptitle(f"Colorful dimension: log1p(histogram counts) per step{shown}")
     return fig
+
+
+def _bin_ticks(edges: np.ndarray) -> tuple[list[float], list[str]]:
+    """About five y ticks at bin boundaries; a bin holding zero is labelled 0 at its centre."""
+    n = len(edges) - 1
+    zero = np.flatnonzero((edges[:-1] <= 0) & (edges[1:] >= 0))
+    ticks: list[float] = []
+    names: list[str] = []
+    for t in np.linspace(0, n, 5).astype(int):
+        ticks.append(float(t))
+        names.append(_fmt_edge(edges[min(t, n)]))
+    if len(zero):
+        z = float(zero[0]) + 0.5
+        keep = [i for i, t in enumerate(ticks) if abs(t - z) > n / 12]
+        ticks, names = [ticks[i] for i in keep] + [z], [names[i] for i in keep] + ["0"]
+    return ticks, names
 
 
 def _edges(key: tuple) -> np.ndarray:

@@ -79,7 +79,22 @@ def _bin_selector(mask: np.ndarray | None) -> slice | np.ndarray | None:
 
 
 class _DeadConsumer(RecordConsumer):
-    columns = ("numel", "nan_count", "inf_count", "zero_count", "mean", "std", "l2", "max", "hist_scheme", "hist_lo", "hist_hi", "hist_counts", "channel_pos_frac")
+    columns = (
+        "numel",
+        "nan_count",
+        "inf_count",
+        "zero_count",
+        "mean",
+        "std",
+        "l2",
+        "max",
+        "hist_scheme",
+        "hist_lo",
+        "hist_hi",
+        "hist_counts",
+        "hist_edges",
+        "channel_pos_frac",
+    )
 
     def __init__(self, trace: Trace, params: dict[str, Any]) -> None:
         self.trace = trace
@@ -350,27 +365,40 @@ def _constant_outputs(series: LayerSeries, w0: int, nodes: dict, dead_nodes: set
 
 
 def _plot_fraction(series: LayerSeries, frac: np.ndarray, nodes: dict, params: dict) -> Any:
-    from .figures import SEQUENTIAL_CMAP, new_figure, short_label
+    from .figures import MAX_ROWS, SEQUENTIAL_CMAP, new_figure, pick_rows, short_label
 
-    fig, ax = new_figure(width=8, height=max(2.5, 0.25 * len(series.keys) + 1.5))
-    img = ax.imshow(np.nan_to_num(frac, nan=0.0), aspect="auto", origin="upper", cmap=SEQUENTIAL_CMAP, vmin=0, vmax=1, interpolation="nearest",
-                    extent=(series.grid.first, series.grid.last + 1, len(series.keys) - 0.5, -0.5))  # fmt: skip
-    ax.set_yticks(range(len(series.keys)), [short_label(_name(nodes, k[0])) for k in series.keys], fontsize=7)
+    data = np.nan_to_num(frac, nan=0.0)
+    names = [short_label(_name(nodes, k[0]), 30) for k in series.keys]
+    # Many layers: the most-dead ones (largest fraction over the last quarter) and one row for the rest.
+    tail = data[:, -max(1, data.shape[1] // 4) :] if data.size else data
+    keep, rest = pick_rows(tail.mean(axis=1) if tail.size else np.zeros(len(names)), MAX_ROWS)
+    if rest:
+        data = np.vstack([data[keep], data[rest].max(axis=0, keepdims=True)])
+        names = [names[i] for i in keep] + [f"other {len(rest)} layers (max)"]
+    fig, ax = new_figure(width=8, height=max(2.5, 0.22 * len(names) + 1.5))
+    img = ax.imshow(data, aspect="auto", origin="upper", cmap=SEQUENTIAL_CMAP, vmin=0, vmax=1, interpolation="nearest",
+                    extent=(series.grid.first, series.grid.last + 1, len(names) - 0.5, -0.5))  # fmt: skip
+    ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("step")
-    ax.set_title(f"Fraction of near-zero activations (|x| < {params['near_zero']:g})")
+    title = f"Fraction of near-zero activations (|x| < {params['near_zero']:g})"
+    ax.set_title(title + (f": {len(keep)} most-dead of {len(keep) + len(rest)} layers" if rest else ""))
     fig.colorbar(img, ax=ax, label="fraction")
     return fig
 
 
 def _plot_units(unit_max: dict, nodes: dict) -> Any:
-    from .figures import SERIES_COLORS, new_figure, short_label
+    from .figures import MAX_ROWS, SERIES_COLORS, new_figure, pick_rows, short_label
 
-    fig, ax = new_figure(width=8, height=4)
     ids = sorted(unit_max)
-    shares = [float((unit_max[n] <= 0).mean()) for n in ids]
-    ax.bar(range(len(ids)), shares, color=SERIES_COLORS[3])
-    ax.set_xticks(range(len(ids)), [short_label(_name(nodes, n), 16) for n in ids], rotation=60, ha="right", fontsize=7)
+    shares = np.asarray([float((unit_max[n] <= 0).mean()) for n in ids])
+    keep, rest = pick_rows(shares, MAX_ROWS)
+    fig, ax = new_figure(width=max(8, 0.2 * len(keep) + 3), height=4)
+    ax.bar(range(len(keep)), shares[keep], color=SERIES_COLORS[3])
+    ax.set_xticks(range(len(keep)), [short_label(_name(nodes, ids[i]), 18) for i in keep], rotation=60, ha="right", fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction of dead units")
-    ax.set_title("Units never positive over the window")
+    ax.set_title(
+        "Units never positive over the window"
+        + (f": {len(keep)} of {len(ids)} layers (the rest have at most {shares[rest].max():.0%})" if rest else "")
+    )
     return fig

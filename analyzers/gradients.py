@@ -14,6 +14,7 @@ Sources:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -302,57 +303,68 @@ def _ratio_findings(ratios: dict, nodes: dict[str, np.ndarray], params: dict[str
 
 # -- figures -------------------------------------------------------------------------------
 def _plot_rms(series: LayerSeries, nodes: dict[str, np.ndarray]) -> Any:
-    from .figures import SERIES_COLORS, new_figure, short_label
+    from .figures import new_figure, plot_layer_lines
 
     fig, ax = new_figure(width=8, height=4.5)
     vals = series.mean("rms")
-    x = series.grid.starts
-    drawn = 0
+    rows, labels = [], []
     for i, (nid, kind, slot) in enumerate(series.keys):
-        if kind != "gradient" and not (kind == "weight_grad" and _is_weight_slot(slot)):
-            continue
-        ok = np.isfinite(vals[i]) & (vals[i] > 0)
-        if ok.any():
-            ax.plot(x[ok], vals[i][ok], color=SERIES_COLORS[drawn % len(SERIES_COLORS)], lw=1, label=f"{short_label(_node_name(nodes, nid))} ({kind})")
-            drawn += 1
-    ax.set_yscale("log")
+        if kind == "gradient" or (kind == "weight_grad" and _is_weight_slot(slot)):
+            rows.append(np.where(vals[i] > 0, vals[i], np.nan))
+            labels.append(f"{_node_name(nodes, nid)} ({kind})")
+    plot_layer_lines(ax, series.grid.starts, np.asarray(rows).reshape(len(rows), -1), labels, scale="log")
     ax.set_xlabel("step")
-    ax.set_ylabel("gradient RMS")
-    ax.set_title("Gradient RMS per layer")
-    if 0 < drawn <= 16:
-        ax.legend(fontsize=6, ncol=2)
+    ax.set_ylabel("gradient RMS (log)")
+    ax.set_title("Gradient RMS per layer" + (f": the {min(8, len(rows))} largest of {len(rows)}" if len(rows) > 9 else ""))
     return fig
 
 
 def _plot_depth(depth: list[dict[str, Any]]) -> Any:
-    from .figures import SERIES_COLORS, new_figure, short_label
+    from .figures import SERIES_COLORS, SEVERITY_COLORS, new_figure, short_label, sparse_ticks
 
-    fig, ax = new_figure(width=8, height=4)
-    vals = [d["rms"] for d in depth]
-    ax.bar(range(len(vals)), vals, color=SERIES_COLORS[0])
+    n = len(depth)
+    fig, ax = new_figure(width=max(8, min(16, 0.12 * n + 4)), height=4.2)
+    vals = np.asarray([d["rms"] if d["rms"] is not None else np.nan for d in depth], dtype=np.float64)
+    pos = np.isfinite(vals) & (vals > 0)
+    ax.bar(np.flatnonzero(pos), vals[pos], color=SERIES_COLORS[0], width=0.8)
     ax.set_yscale("log")
-    ax.set_xticks(range(len(vals)), [short_label(d["node"], 16) for d in depth], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("typical gradient RMS")
-    ax.set_title("Gradient RMS across depth (input -> output)")
+    floor = float(vals[pos].min()) / 10 if pos.any() else 1e-12
+    zero = np.flatnonzero(np.isfinite(vals) & (vals == 0))
+    if len(zero):  # log axes cannot show 0: mark the layers whose gradient is exactly zero
+        ax.scatter(
+            zero,
+            np.full(len(zero), floor),
+            marker="x",
+            color=SEVERITY_COLORS["error"],
+            zorder=3,
+            label=f"gradient exactly 0 ({len(zero)} layers)",
+        )
+        ax.legend(fontsize=7, loc="best")
+    ax.set_ylim(bottom=floor / 2)
+    marked = zero.tolist()[:10]
+    ticks = sorted({t for t in sparse_ticks(n) if all(abs(t - z) > max(1, n // 80) for z in marked)} | set(marked))
+    ax.set_xticks(ticks, [short_label(depth[i]["node"], 18) for i in ticks], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("typical gradient RMS (log)")
+    ax.set_title(f"Gradient RMS across depth (input -> output, {n} layers)")
     return fig
 
 
 def _plot_ratios(ratios: dict, nodes: dict[str, np.ndarray], grid: StepGrid, params: dict[str, Any]) -> Any:
-    from .figures import SERIES_COLORS, new_figure, short_label
+    from .figures import new_figure, plot_layer_lines
 
     fig, ax = new_figure(width=8, height=4.5)
-    drawn = 0
-    for (nid, slot), (r, _) in ratios.items():
-        ok = np.isfinite(r) & (r > 0)
-        if ok.any():
-            ax.plot(grid.starts[ok], r[ok], lw=1, color=SERIES_COLORS[drawn % len(SERIES_COLORS)], label=short_label(f"{_node_name(nodes, nid)}.{slot}"))
-            drawn += 1
+    rows = [np.where(r > 0, r, np.nan) for (r, _) in ratios.values()]
+    labels = [f"{_node_name(nodes, nid)}.{slot}" for (nid, slot) in ratios]
     ax.axhline(1e-3, color="k", ls="--", lw=0.8)
-    ax.axhspan(params["update_ratio_low"], params["update_ratio_high"], color="0.9", zorder=0)
-    ax.set_yscale("log")
+    ax.axhspan(params["update_ratio_low"], params["update_ratio_high"], color="0.93", zorder=0)
+    # The layers farthest from the 1e-3 guide are the ones drawn.
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        score = [float(np.nanmax(np.abs(np.log10(r / 1e-3)))) if np.isfinite(r).any() else np.nan for r in rows]
+    plot_layer_lines(ax, grid.starts, np.asarray(rows).reshape(len(rows), -1), labels, score=score, scale="log")
     ax.set_xlabel("step")
-    ax.set_ylabel("|update| / |weight|")
-    ax.set_title("Update/weight ratio per layer (guide: 1e-3)")
-    if 0 < drawn <= 16:
-        ax.legend(fontsize=6, ncol=2)
+    ax.set_ylabel("|update| / |weight| (log)")
+    ax.set_title(
+        "Update/weight ratio per layer (guide: 1e-3)" + (f": the {min(8, len(rows))} farthest of {len(rows)}" if len(rows) > 9 else "")
+    )
     return fig

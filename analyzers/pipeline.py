@@ -115,6 +115,12 @@ class Report:
             out.extend(save_figure(fig, Path(directory) / f"{label}-{fig_name}", formats=formats))
         return out
 
+    def _repr_html_(self) -> str:
+        """Notebook view: verdict, findings table, figures inline."""
+        from .notebook import report_html
+
+        return report_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: findings rows, skipped analyzers, parameters."""
         return {

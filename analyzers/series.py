@@ -248,12 +248,12 @@ class HistBlock:
     Attributes:
         rows: Row numbers within the batch.
         counts: (rows, bins) int64 counts.
-        key: (scheme, lo, hi, bins) of the binning.
+        key: (scheme, lo, hi, bins, explicit edges or None) of the binning.
     """
 
     rows: np.ndarray
     counts: np.ndarray
-    key: tuple[str, float, float, int]
+    key: tuple[str, float, float, int, tuple[float, ...] | None]
 
     def edges(self) -> np.ndarray:
         """The binning's bin edges."""
@@ -280,15 +280,34 @@ def histogram_blocks(batch: pa.RecordBatch) -> list[HistBlock]:
     uniform = len(valid) and (lengths == lengths[0]).all() and (scode == scode[0]).all() and (lo == lo[0]).all() and (hi == hi[0]).all()
     if uniform:
         n = int(lengths[0])
-        return [HistBlock(valid, flat.reshape(len(valid), n), (str(sdict[scode[0]]), float(lo[0]), float(hi[0]), n))]
-    starts = np.concatenate([[0], np.cumsum(lengths)])
-    keys, group = np.unique(np.stack([scode.astype(np.float64), lo, hi, lengths.astype(np.float64)], axis=1), axis=0, return_inverse=True)
+        blocks = [HistBlock(valid, flat.reshape(len(valid), n), (str(sdict[scode[0]]), float(lo[0]), float(hi[0]), n, None))]
+    else:
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        keys, group = np.unique(np.stack([scode.astype(np.float64), lo, hi, lengths.astype(np.float64)], axis=1), axis=0, return_inverse=True)
+        blocks = []
+        for g, (code, glo, ghi, glen) in enumerate(keys.tolist()):
+            n = int(glen)
+            rows = np.flatnonzero(group.reshape(-1) == g)
+            take = (starts[rows][:, None] + np.arange(n)[None, :]).reshape(-1)
+            blocks.append(HistBlock(valid[rows], flat[take].reshape(len(rows), n), (str(sdict[int(code)]), float(glo), float(ghi), n, None)))
+    if "edges" not in sdict:
+        return blocks
+    return [part for b in blocks for part in (_split_by_edges(batch, b) if b.key[0] == "edges" else [b])]
+
+
+def _split_by_edges(batch: pa.RecordBatch, block: HistBlock) -> list[HistBlock]:
+    """Split a block of scheme ``edges`` by its rows' explicit ``hist_edges`` (format 1.1)."""
+    if "hist_edges" not in batch.schema.names:
+        return []
+    col = batch.column("hist_edges").take(pa.array(block.rows))
+    groups: dict[tuple[float, ...], list[int]] = {}
+    for i, e in enumerate(col.to_pylist()):
+        if e is not None and len(e) == block.key[3] + 1:
+            groups.setdefault(tuple(e), []).append(i)
     out = []
-    for g, (code, glo, ghi, glen) in enumerate(keys.tolist()):
-        n = int(glen)
-        rows = np.flatnonzero(group.reshape(-1) == g)
-        take = (starts[rows][:, None] + np.arange(n)[None, :]).reshape(-1)
-        out.append(HistBlock(valid[rows], flat[take].reshape(len(rows), n), (str(sdict[int(code)]), float(glo), float(ghi), n)))
+    for e, idx in groups.items():
+        sel = np.asarray(idx, dtype=np.int64)
+        out.append(HistBlock(block.rows[sel], block.counts[sel], (*block.key[:4], e)))
     return out
 
 

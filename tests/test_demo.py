@@ -106,3 +106,16 @@ def test_broken_report_in_chromium_shows_its_figures(demo, tmp_path):
     assert attrs["data-loaded"] == "1" and attrs["data-errors"] == "0" and console == []
     assert int(attrs["data-images"]) >= 8 and attrs["data-broken-images"] == "0"
     assert int(attrs["data-svgs"]) >= 3
+
+
+def test_summary_is_clean_full_and_counts_what_the_reports_show(demo):
+    result, text = demo
+    assert "\r" not in text and "step/s" not in text  # no progress bars when not on a terminal
+    flat = " ".join(text.split())
+    for name, run in result.runs.items():
+        shown = [f for f in run.findings if f["severity"] in ("error", "warning")][:8]
+        for f in shown:
+            assert " ".join(f["message"].split()) in flat  # whole messages, wrapped at word boundaries
+        html = run.report.read_text()
+        m = re.search(r"(\d+) finding\(s\)", html)
+        assert m and int(m.group(1)) == len(run.findings) == sum(result.counts(name).values())

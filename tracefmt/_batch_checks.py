@@ -251,9 +251,7 @@ def _check_histograms(c: _Batch, finite: np.ndarray | None) -> None:
     complete = c.valid("hist_lo") & c.valid("hist_hi") & c.valid("hist_counts")
     c.flag(has & ~complete, "bad-histogram", "hist_counts", "a histogram needs hist_lo, hist_hi and hist_counts")
     is_sym = np.asarray(pc.fill_null(pc.equal(scheme, "symlog"), False).to_numpy(zero_copy_only=False), dtype=bool)
-    is_lin = np.asarray(
-        pc.fill_null(pc.is_in(scheme, value_set=pa.array(["linear", "abs_linear"])), False).to_numpy(zero_copy_only=False), dtype=bool
-    )
+    is_lin = np.asarray(pc.fill_null(pc.is_in(scheme, value_set=pa.array(["linear", "abs_linear", "edges"])), False).to_numpy(zero_copy_only=False), dtype=bool)
     lo, hi = c.num("hist_lo", 0.0), c.num("hist_hi", 0.0)
     nbins, values, parents = _list_parts(c.col("hist_counts"))
     rows = has & complete
@@ -264,6 +262,7 @@ def _check_histograms(c: _Batch, finite: np.ndarray | None) -> None:
     c.flag(rows & is_sym & ((nbins < 5) | ((nbins - 3) % 2 != 0)), "bad-histogram", "hist_counts",
            "a symlog histogram needs an odd number of bins >= 5")  # fmt: skip
     c.flag(rows & is_lin & (nbins < 1), "bad-histogram", "hist_counts", "a linear histogram needs at least one bin")
+    _check_explicit_edges(c, scheme, rows, nbins, lo, hi)
     negative = np.zeros(c.n, dtype=bool)
     negative[parents[values < 0]] = True
     c.flag(rows & negative, "bad-histogram", "hist_counts", "histogram counts must be >= 0")
@@ -280,6 +279,32 @@ def _check_histograms(c: _Batch, finite: np.ndarray | None) -> None:
         "hist_counts",
         "linear histogram counts must not exceed the number of finite elements",
     )
+
+
+def _check_explicit_edges(c: _Batch, scheme: Any, rows: np.ndarray, nbins: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Scheme ``edges`` (format 1.1): ``hist_edges`` holds n + 1 ascending finite edges from lo to hi."""
+    is_edges = np.asarray(pc.fill_null(pc.equal(scheme, "edges"), False).to_numpy(zero_copy_only=False), dtype=bool)
+    if not c.ok("hist_edges"):
+        c.flag(rows & is_edges, "bad-histogram", "hist_edges", "a histogram of scheme 'edges' needs the hist_edges column")
+        return
+    has = c.valid("hist_edges")
+    c.flag(has & ~is_edges, "bad-histogram", "hist_edges", "hist_edges is given only with hist_scheme 'edges'")
+    c.flag(rows & is_edges & ~has, "bad-histogram", "hist_edges", "a histogram of scheme 'edges' needs hist_edges")
+    lengths, values, parents = _list_parts(c.col("hist_edges"))
+    check = rows & is_edges & has
+    c.flag(check & (lengths != nbins + 1), "bad-histogram", "hist_edges", "hist_edges must have len(hist_counts) + 1 entries")
+    bad = np.zeros(c.n, dtype=bool)
+    bad[parents[~np.isfinite(values)]] = True
+    same_row = parents[1:] == parents[:-1]
+    bad[parents[1:][same_row & ~(values[1:] > values[:-1])]] = True
+    c.flag(check & bad, "bad-histogram", "hist_edges", "hist_edges must be finite and strictly ascending")
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    ok = check & (lengths >= 2)
+    first = np.full(c.n, np.nan)
+    last = np.full(c.n, np.nan)
+    first[ok] = values[starts[ok]]
+    last[ok] = values[starts[ok] + lengths[ok] - 1]
+    c.flag(ok & ((first != lo) | (last != hi)), "bad-histogram", "hist_lo", "hist_lo and hist_hi must equal the first and last of hist_edges")
 
 
 def _check_channels(c: _Batch, ndim: np.ndarray) -> None:

@@ -182,6 +182,13 @@ class _Progress:
             self.bar.close()
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def _train(cfg: RunConfig, trace: Path, *, quick: bool, stream: TextIO, progress: bool) -> tuple[Any, dict[str, float]]:
     """Train one configuration with the tracer on; return the model and final metrics."""
     import torch
@@ -199,16 +206,9 @@ def _train(cfg: RunConfig, trace: Path, *, quick: bool, stream: TextIO, progress
     steps_per_epoch = math.ceil(len(ytr) / batch)
     growth = cfg.growth(epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(1)
-    meta = {
-        "config": cfg.name,
-        "optimizer": "Adam",
-        "lr": cfg.lr,
-        "lr_final": cfg.lr_final,
-        "dead_shift": cfg.dead_shift,
-        "epochs": epochs,
-        "batch": batch,
-    }
-    bar = _Progress(epochs * steps_per_epoch, f"{cfg.name:>7}", stream, progress)
+    meta = {"config": cfg.name, "optimizer": "Adam", "lr": cfg.lr, "lr_final": cfg.lr_final, "dead_shift": cfg.dead_shift, "epochs": epochs, "batch": batch}
+    # Bars go to stderr and only to a terminal: piped or captured output stays clean.
+    bar = _Progress(epochs * steps_per_epoch, f"{cfg.name:>7}", sys.stderr, progress and _is_terminal(sys.stderr))
     final: dict[str, float] = {}
     # Weights every 4 steps: the checkpoints of the training-dynamics analyzer (its HMM
     # models a run as a sequence of checkpoints; ~23 per run here).
@@ -294,7 +294,6 @@ def _analyze(
     outcome = result.runs.get(name) or RunOutcome(name, trace_path)
     analysis = analyzers.run(trace)
     write_findings(trace_path, analysis.findings, name="analyzers")
-    outcome.findings = analysis.findings.to_pylist()
     graphs = out / "graphs"
     if findings is None:
         g = render_graph(trace, metric="dead_fraction", kind="activation", findings=analysis.findings)
@@ -304,6 +303,7 @@ def _analyze(
         outcome.graphs += [save(g, graphs / f"{name}-diff_error.svg"), save(g, graphs / f"{name}-diff_error.png")]
     info = write_report(trace, out / f"{name}.html", compare=compare, analysis=analysis)
     outcome.report = info.path
+    outcome.findings = info.findings.to_pylist()  # what the report shows, so the counts agree
     for key in SAVED_FIGURES:
         if key in info.images:
             path = out / "figures" / f"{name}-{key.replace('/', '-')}.png"
@@ -314,8 +314,12 @@ def _analyze(
     return outcome
 
 
-def _summary(result: DemoResult, stream: TextIO) -> None:
+def _summary(result: DemoResult, stream: TextIO, *, wide: bool = False) -> None:
+    import shutil
+    import textwrap
+
     w = stream.write
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
     w("\nFindings (warnings and errors; info in the reports)\n")
     for name, run in result.runs.items():
         c = result.counts(name)
@@ -324,7 +328,9 @@ def _summary(result: DemoResult, stream: TextIO) -> None:
         shown = [f for f in run.findings if f["severity"] in ("error", "warning")]
         for f in shown[:8]:
             steps = f"steps {f['step_first']}-{f['step_last']}" if f.get("step_first") is not None else ""
-            w(f"      {f['severity']:<7} {f['analyzer']}/{f['code']:<16} {f.get('node') or '(run)':<14} {steps:<14} {f['message'][:90]}\n")
+            w(f"      {f['severity']:<7} {f['analyzer']}/{f['code']:<16} {f.get('node') or '(run)':<14} {steps}\n")
+            # The whole message: on one line with --wide, else wrapped at word boundaries.
+            w(f"        {f['message']}\n" if wide else textwrap.fill(f["message"], width=width, initial_indent=" " * 8, subsequent_indent=" " * 8) + "\n")
         if len(shown) > 8:
             w(f"      ... {len(shown) - 8} more in the report\n")
     d = result.diff
@@ -340,14 +346,18 @@ def _summary(result: DemoResult, stream: TextIO) -> None:
     w(f"\nAll outputs in {result.out}/ ({result.seconds:.0f} s)\n")
 
 
-def run_demo(out: str | Path = "demo-output", *, quick: bool = False, stream: TextIO | None = None, progress: bool = True) -> DemoResult:
+def run_demo(
+    out: str | Path = "demo-output", *, quick: bool = False, stream: TextIO | None = None, progress: bool = True, wide: bool = False
+) -> DemoResult:
     """Run the whole demo and write everything under ``out``.
 
     Args:
         out: Output directory (created; previous demo outputs in it are replaced).
         quick: Fewer samples and epochs (for tests). Defaults to False.
-        stream: Where progress and the summary go. Defaults to stdout.
-        progress: Show progress bars while training. Defaults to True.
+        stream: Where the steps and the summary go. Defaults to stdout.
+        progress: Show progress bars while training (on stderr, only when it is a
+            terminal). Defaults to True.
+        wide: Print each finding's message on one line instead of wrapping it. Defaults to False.
 
     Returns:
         The paths and findings of every run.
@@ -364,12 +374,12 @@ def run_demo(out: str | Path = "demo-output", *, quick: bool = False, stream: Te
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(out, quick=quick, stream=stream, progress=progress, t0=t0)
+        return _run(out, quick=quick, stream=stream, progress=progress, t0=t0, wide=wide)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(out: Path, *, quick: bool, stream: TextIO, progress: bool, t0: float) -> DemoResult:
+def _run(out: Path, *, quick: bool, stream: TextIO, progress: bool, t0: float, wide: bool = False) -> DemoResult:
     result = DemoResult(out=out)
     say: Callable[[str], None] = lambda s: (stream.write(s + "\n"), stream.flush())  # noqa: E731
     say(f"tracefmt demo: residual CNN on sklearn digits, outputs in {out}/")
@@ -400,7 +410,7 @@ def _run(out: Path, *, quick: bool, stream: TextIO, progress: bool, t0: float) -
     _analyze("onnx-vs-torch", ort_trace, out, result, compare=torch_eval, findings=diff.findings)
     result.seconds = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(_summary_json(result), indent=2, default=str) + "\n")
-    _summary(result, stream)
+    _summary(result, stream, wide=wide)
     return result
 
 

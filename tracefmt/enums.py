@@ -55,6 +55,7 @@ class HistScheme(StrEnum):
     SYMLOG = "symlog"  #: fixed sign-symmetric log10 bins; the mergeable default
     LINEAR = "linear"  #: equal-width bins over [lo, hi], values outside ignored
     ABS_LINEAR = "abs_linear"  #: LINEAR applied to |x| (fast.ai's histc(|x|, 40, 0, 10))
+    EDGES = "edges"  #: explicit ascending edges in ``hist_edges`` (TensorBoard's bucket limits, kept exactly)
 
 
 E = TypeVar("E", bound=StrEnum)

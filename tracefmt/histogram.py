@@ -2,7 +2,7 @@
 
 A histogram is stored in a record as ``hist_scheme``, ``hist_lo``, ``hist_hi`` and
 ``hist_counts``; the bin edges follow from those four values alone, so any reader can
-recover them (:func:`edges`). Three schemes exist:
+recover them (:func:`edges`). Four schemes exist:
 
 ``symlog`` (the default, mergeable)
     Fixed, data-independent, sign-symmetric log-spaced bins. With ``M = (n - 3) / 2``
@@ -24,6 +24,13 @@ recover them (:func:`edges`). Three schemes exist:
     ``linear`` applied to ``|x|``. ``abs_linear`` with lo=0, hi=10, n=40 reproduces
     fast.ai's ``ActivationStats`` histogram ``x.abs().histc(40, 0, 10)`` exactly.
 
+``edges`` (since format 1.1)
+    Explicit ascending finite edges stored in the row's ``hist_edges`` (``n + 1`` of them,
+    ``hist_lo``/``hist_hi`` equal to the first/last). Bin ``i`` holds values between
+    edges ``i`` and ``i + 1``; values outside are not counted. This keeps bucket limits
+    chosen by another tool (TensorBoard's ``bucket_limit``) exactly; :func:`histogram`
+    counts ``[e_i, e_{i+1})`` with the last bin closed.
+
 NaN and ±Inf are never counted in a histogram (they have their own counters).
 """
 
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -45,19 +53,35 @@ class Binning:
     """A histogram binning: scheme, range and number of bins.
 
     Args:
-        scheme: ``symlog``, ``linear`` or ``abs_linear``.
+        scheme: ``symlog``, ``linear``, ``abs_linear`` or ``edges``.
         lo: Lower parameter (smallest resolved magnitude for symlog).
         hi: Upper parameter (largest resolved magnitude for symlog).
         bins: Total number of bins ``n`` (odd and >= 5 for symlog).
+        explicit: For ``edges`` only: the ``n + 1`` ascending finite edges (see
+            :meth:`from_edges`). Defaults to None.
     """
 
     scheme: HistScheme
     lo: float
     hi: float
     bins: int
+    explicit: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_edges(cls, bin_edges: Any) -> Binning:
+        """An ``edges`` binning over the given ascending finite edges (at least two)."""
+        e = tuple(float(v) for v in np.asarray(bin_edges, dtype=np.float64).reshape(-1))
+        return cls(HistScheme.EDGES, e[0] if e else 0.0, e[-1] if e else 0.0, len(e) - 1, e)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scheme", coerce(HistScheme, self.scheme, what="histogram scheme"))
+        if self.scheme is HistScheme.EDGES:
+            e = np.asarray(self.explicit if self.explicit is not None else (), dtype=np.float64)
+            if len(e) < 2 or not np.isfinite(e).all() or not (e[1:] > e[:-1]).all():
+                raise UsageError(f"an edges binning needs at least two strictly ascending finite edges; got {len(e)}")
+            if len(e) != self.bins + 1 or e[0] != self.lo or e[-1] != self.hi:
+                raise UsageError("an edges binning needs bins + 1 edges, lo equal to the first and hi to the last")
+            return
         if not (np.isfinite(self.lo) and np.isfinite(self.hi) and self.hi > self.lo):
             raise UsageError(f"histogram range must satisfy lo < hi (finite); got lo={self.lo}, hi={self.hi}")
         if self.scheme is HistScheme.SYMLOG:
@@ -68,7 +92,7 @@ class Binning:
 
     def edges(self) -> np.ndarray:
         """The ``bins + 1`` ascending bin edges (may start with -inf and end with +inf)."""
-        return edges(self.scheme, self.lo, self.hi, self.bins)
+        return edges(self.scheme, self.lo, self.hi, self.bins, self.explicit)
 
     def magnitude_edges(self) -> np.ndarray:
         """For symlog: the ``M + 1`` magnitude edges ``m_0 = lo .. m_M = hi``."""
@@ -92,7 +116,7 @@ def _magnitude_edges(lo: float, hi: float, per_sign: int) -> np.ndarray:
     return m
 
 
-def edges(scheme: str | HistScheme, lo: float, hi: float, bins: int) -> np.ndarray:
+def edges(scheme: str | HistScheme, lo: float, hi: float, bins: int, explicit: Any = None) -> np.ndarray:
     """Recover the ``bins + 1`` bin edges of a stored histogram from its row.
 
     Args:
@@ -100,6 +124,7 @@ def edges(scheme: str | HistScheme, lo: float, hi: float, bins: int) -> np.ndarr
         lo: The record's ``hist_lo``.
         hi: The record's ``hist_hi``.
         bins: ``len(hist_counts)``.
+        explicit: The record's ``hist_edges`` (scheme ``edges`` only). Defaults to None.
 
     Returns:
         Ascending float64 edges. For ``abs_linear`` they are edges of ``|x|``.
@@ -108,6 +133,10 @@ def edges(scheme: str | HistScheme, lo: float, hi: float, bins: int) -> np.ndarr
     if scheme is HistScheme.SYMLOG:
         m = _magnitude_edges(float(lo), float(hi), (bins - 3) // 2)
         return np.concatenate([[-np.inf], -m[::-1], m, [np.inf]])
+    if scheme is HistScheme.EDGES:
+        if explicit is None:
+            raise UsageError("a histogram of scheme 'edges' needs its hist_edges")
+        return np.asarray(explicit, dtype=np.float64)
     return np.linspace(lo, hi, bins + 1)
 
 
@@ -134,6 +163,12 @@ def histogram(x: np.ndarray, binning: Binning = DEFAULT_BINNING) -> np.ndarray:
     a = a.reshape(-1)
     if binning.scheme is HistScheme.SYMLOG:
         return _symlog_counts(a, binning)
+    if binning.scheme is HistScheme.EDGES:
+        e = np.asarray(binning.explicit, dtype=np.float64)
+        v = a.astype(np.float64, copy=False)
+        v = v[np.isfinite(v) & (v >= e[0]) & (v <= e[-1])]
+        idx = np.minimum(np.searchsorted(e, v, side="right") - 1, binning.bins - 1)
+        return np.bincount(idx, minlength=binning.bins).astype(np.int64)
     v = _float_kind(a) if a.dtype.kind == "f" else a.astype(np.float64)
     if binning.scheme is HistScheme.ABS_LINEAR:
         v = np.abs(v)

@@ -80,6 +80,8 @@ def tensor_stats(
             hist_hi=float(binning.hi),
             hist_counts=r.hist.tolist(),
         )
+        if binning.explicit is not None:
+            out["hist_edges"] = list(binning.explicit)
     return out
 
 

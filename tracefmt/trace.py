@@ -58,6 +58,26 @@ class Trace:
     def __repr__(self) -> str:
         return f"Trace({str(self.path)!r}, run_id={self.run_id!r})"
 
+    def _repr_html_(self) -> str:
+        """Notebook view: the summary ``tracefmt info`` prints, as a table."""
+        import html
+
+        from .summary import trace_summary
+
+        s = trace_summary(self)
+        rec, nodes = s.get("records", {}), s.get("nodes", {})
+        steps = rec.get("steps", {})
+        rows = [
+            ("model", s.get("model")), ("run", s.get("run_id")), ("format", s.get("format_version")),
+            ("producer", (s.get("producer") or {}).get("adapter")), ("complete", s.get("complete")),
+            ("nodes", f"{nodes.get('count')} ({nodes.get('edges')} edges, {nodes.get('param_count')} parameters)"),
+            ("records", f"{rec.get('rows')} rows; kinds {rec.get('kinds')}; phases {rec.get('phases')}"),
+            ("steps", f"{steps.get('count')} ({steps.get('first')}..{steps.get('last')})"),
+            ("scalars", ", ".join(s.get("scalars", {}).get("names", [])) or "none"),
+        ]  # fmt: skip
+        body = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        return f"<div><b>tracefmt trace</b> {html.escape(str(self.path))}<table>{body}</table></div>"
+
     @property
     def run_id(self) -> str:
         """The run identifier from the manifest."""

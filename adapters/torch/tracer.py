@@ -86,6 +86,9 @@ class TorchTracer:
         mode: Writer mode: 'create', 'overwrite' or 'append'. Defaults to 'create'.
         rank: This process's rank. Defaults to torch.distributed's, else 0.
         world_size: Number of ranks. Defaults to torch.distributed's, else 1.
+        tensorboard: A TensorBoard log directory that mirrors the records and scalars live
+            (histograms and statistic series, :mod:`tracefmt.adapters.tensorboard`).
+            Defaults to None (no mirror).
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class TorchTracer:
         mode: str = "create",
         rank: int | None = None,
         world_size: int | None = None,
+        tensorboard: str | Path | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise UsageError(f"TorchTracer needs an nn.Module; got {type(model).__name__}")
@@ -156,6 +160,9 @@ class TorchTracer:
         self.step_count = 0
         self._started = self._closed = False
         self._handles: list[Any] = []
+        self._tensorboard = tensorboard
+        self._tb: Any = None
+        self._watcher: Any = None
 
     # -- lifecycle --------------------------------------------------------------------
     def __enter__(self) -> TorchTracer:
@@ -189,6 +196,10 @@ class TorchTracer:
         if self.rank == 0:
             barrier()
         self._bg = BackgroundWriter()
+        if self._tensorboard is not None:
+            from tracefmt.adapters.tensorboard import TensorBoardMirror
+
+            self._tb = TensorBoardMirror(self._tensorboard)
         try:
             self._attach()
         except BaseException:
@@ -214,6 +225,7 @@ class TorchTracer:
             finally:
                 self._bg.close()
                 self.writer.close()
+                self._mirror("close", self.writer.manifest)
 
     # -- attaching --------------------------------------------------------------------
     def _attach(self) -> None:
@@ -239,7 +251,21 @@ class TorchTracer:
         self._new_batch()
 
     def _write_nodes(self) -> None:
-        self.writer.write_nodes(self._recorder.rows())
+        rows = self._recorder.rows()
+        self.writer.write_nodes(rows)
+        self._mirror("set_nodes", rows)
+
+    def _mirror(self, method: str, *args: Any) -> None:
+        """Hand rows to the TensorBoard mirror; a failing mirror is dropped with a warning, never raised."""
+        if self._tb is None:
+            return
+        try:
+            getattr(self._tb, method)(*args)
+        except Exception as exc:  # noqa: BLE001 - the training loop must not see it
+            import warnings
+
+            warnings.warn(f"TensorBoard mirror stopped: {exc}", RuntimeWarning, stacklevel=2)
+            self._tb = None
 
     def _root_pre(self, module: nn.Module, args: Any) -> None:
         self._bg.check()
@@ -289,6 +315,7 @@ class TorchTracer:
         table = host.records(self.kernel)
         if table is not None:
             self.writer.write_records(table)
+            self._mirror("add_records", table)
         for o, values in host.raw_tensors():
             self.writer.write_tensor(
                 values,
@@ -303,11 +330,37 @@ class TorchTracer:
         scalars = host.scalar_rows()
         if scalars is not None:
             self.writer.append("scalars", scalars)
+            self._mirror("add_scalars", scalars)
         preds = host.prediction_rows()
         if preds is not None:
             self.writer.append("predictions", preds)
 
     # -- public per-step API ----------------------------------------------------------
+    def findings(self, *, names: Sequence[str] | None = None, params: dict[str, Any] | None = None) -> list[Any]:
+        """Findings that appeared since the last call, from the steps recorded so far.
+
+        Writes what is pending, then looks at the trace as a reader would
+        (:class:`tracefmt.analyzers.watch.Watcher`), so a loop can stop a dying run::
+
+            if any(n.finding.severity == "error" for n in tracer.findings()):
+                break
+
+        Args:
+            names: Analyzers to run. Defaults to the watch's (activations, dead, gradients, loss).
+            params: Analyzer parameters.
+
+        Returns:
+            :class:`~tracefmt.analyzers.watch.NewFinding` items (finding and the step seen at).
+        """
+        self._require_open()
+        from tracefmt.analyzers.watch import Watcher
+
+        if self._watcher is None:
+            self._watcher = Watcher(self.path, names=names, params=params)
+        self._bg.drain()
+        self.writer.flush()
+        return self._watcher.poll().new
+
     def step(self) -> None:
         """End the current training step: record weights (if due), hand the step to the writer.
 

@@ -244,7 +244,10 @@ def _figures(fit: DynamicsFit, detours: list, note: str, conv: dict[str, int | N
         steps = np.array([conv[fit.runs[i].run_id] for i in ok], dtype=np.float64) if detours else np.zeros(0)
         return plots.detour_figure(dwell, steps, detours, note=note, metric=f"{opts.convergence_metric} threshold {opts.convergence_threshold}")
 
-    return {"bic": bic, "transitions": transitions, "metrics": metrics, "detours": detour}
+    figures = {"bic": bic, "transitions": transitions, "metrics": metrics}
+    if detours:  # without a convergence series (or detours) the panel would be empty
+        figures["detours"] = detour
+    return figures
 
 
 def _graph(fit: DynamicsFit) -> Any:

@@ -38,6 +38,7 @@ figure img { max-width: 640px; height: auto; display: block; }
 figcaption { font-size: 12px; color: #555; margin-top: 4px; }
 .graph { background: white; border: 1px solid #ddd; overflow: auto; max-height: 1100px; }
 .graph svg { max-width: none; height: auto; }
+.zoom { margin: 4px 0; } .zoom button { font-size: 12px; margin-right: 4px; }
 .note { color: #666; font-size: 13px; }
 .error-note { color: #b00; font-size: 13px; }
 details > summary { cursor: pointer; font-weight: bold; margin: 8px 0; }
@@ -65,6 +66,26 @@ function tracefmtStatus() {
 }
 tracefmtStatus();
 window.addEventListener('load', tracefmtStatus);
+"""
+
+# Pan (scroll bars, or drag) and zoom (buttons, ctrl + wheel) of the inline graph SVGs.
+_ZOOM_SCRIPT = """
+document.querySelectorAll('.graph').forEach(function (box) {
+  var svg = box.querySelector('svg'); if (!svg) return;
+  var base = svg.getBoundingClientRect().width || box.clientWidth, k = 1;
+  function set(z) { k = Math.max(0.05, Math.min(8, z)); svg.style.width = (base * k) + 'px'; }
+  function fit() { set(box.clientWidth / base); }
+  var bar = document.createElement('div'); bar.className = 'zoom';
+  [['+', function () { set(k * 1.25); }], ['\u2212', function () { set(k / 1.25); }], ['fit', fit], ['1:1', function () { set(1); }]]
+    .forEach(function (b) { var e = document.createElement('button'); e.textContent = b[0]; e.onclick = b[1]; bar.appendChild(e); });
+  box.parentNode.insertBefore(bar, box);
+  box.addEventListener('wheel', function (e) { if (e.ctrlKey) { e.preventDefault(); set(k * (e.deltaY < 0 ? 1.15 : 1 / 1.15)); } }, {passive: false});
+  var drag = null;
+  box.addEventListener('mousedown', function (e) { drag = [e.clientX, e.clientY, box.scrollLeft, box.scrollTop]; });
+  window.addEventListener('mouseup', function () { drag = null; });
+  box.addEventListener('mousemove', function (e) { if (drag) { box.scrollLeft = drag[2] - (e.clientX - drag[0]); box.scrollTop = drag[3] - (e.clientY - drag[1]); } });
+  if (base > box.clientWidth * 1.5) fit();
+});
 """
 
 
@@ -153,5 +174,5 @@ def page(title: str, subtitle: str, sections: Sequence[tuple[str, str, str]]) ->
         f"<header><h1>{escape(title)}</h1><p>{escape(subtitle)}</p></header>"
         f"<main><p class=\"note\">{toc}</p>{body}"
         '<pre id="page-status" class="error-note" data-loaded="0"></pre></main>'
-        f"<script>{_STATUS_SCRIPT}</script></body></html>\n"
+        f"<script>{_STATUS_SCRIPT}</script><script>{_ZOOM_SCRIPT}</script></body></html>\n"
     )

@@ -224,7 +224,8 @@ def _compare_sections(trace: Trace, other: Trace, info: ReportInfo, *, depth: in
     keys = list(dict.fromkeys([r["field"] for r in a] + [r["field"] for r in b]))
     av, bv = {r["field"]: r["value"] for r in a}, {r["field"]: r["value"] for r in b}
     side = H.table([{"field": k, "this run": av.get(k), "compared run": bv.get(k)} for k in keys], ["field", "this run", "compared run"])
-    sections = [("compare", f"Compared with {other.path.name}", side + "<h3>Diff findings</h3>" + _findings_section(findings))]
+    verdict = f'<p class="{"error-note" if diff.divergent else "note"}"><b>{H.escape(diff.verdict())}</b></p>'
+    sections = [("compare", f"Compared with {other.path.name}", side + "<h3>Diff</h3>" + verdict + _findings_section(findings))]
     if any(r.get("value") is not None for r in findings.to_pylist()):
         g = render_graph(trace, metric=Metric.DIFF_ERROR, findings=findings, depth=depth if depth is not None else suggested_depth(trace))
         info.graphs.append("diff error")
@@ -267,6 +268,9 @@ def build_report(
     trace = _open(trace)
     other = _open(compare) if compare is not None else None
     findings, results, skipped = _analyze(trace, analyzers, params, analysis)
+    if other is not None:
+        # A diff stored in the trace is shown, recomputed, in the comparison section: once.
+        findings = findings.filter(pc.not_equal(findings.column("analyzer"), "diff"))
     info = ReportInfo(path=None, findings=findings, skipped=skipped)
     model = trace.manifest.get("model") or trace.path.name
     summary = H.table(run_summary(trace), ["field", "value"])

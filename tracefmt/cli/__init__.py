@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "report": "tracefmt.cli.report",
     "diff": "tracefmt.cli.diff",
     "onnx": "tracefmt.cli.onnx",
+    "import": "tracefmt.cli.convert",
+    "watch": "tracefmt.cli.watch",
 }
 
 
@@ -49,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tracefmt", description="Record, validate and analyze neural-network traces.")
     parser.add_argument("--version", action="version", version=f"tracefmt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    registered: set[str] = set()
     for _name, module_name in COMMANDS.items():
+        if module_name in registered:
+            continue
+        registered.add(module_name)
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

@@ -18,12 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--out", default="demo-output", metavar="DIR", help="output directory (default: ./demo-output)")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="fewer samples and epochs (a smoke run; the training-dynamics analyzer may then warn that it has too few checkpoints)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quick", action="store_true", help="fewer samples and epochs (a smoke run; the training-dynamics analyzer may then warn that it has too few checkpoints)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they appear on stderr, only when it is a terminal)")
+    p.add_argument("--wide", action="store_true", help="print each finding's message on one line (default: wrapped to the terminal)")
     p.set_defaults(run=run)
 
 
@@ -31,5 +28,5 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo."""
     from ..demo import run_demo
 
-    run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+    run_demo(args.out, quick=args.quick, progress=not args.no_progress, wide=args.wide)
     return 0

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from . import EXIT_FOUND, EXIT_OK
-from ._output import add_format_option, emit_json, fmt_value, print_table
+from ._output import add_format_option, emit_json, print_table
 
 _COLUMNS = ("pos", "key", "call", "a_node", "b_node", "dtype", "error", "metric", "input_error", "status")
 
@@ -63,15 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if cov.get("side"):
         out.write(f"leaf modules matched: {cov['matched']}/{cov['leaf_modules']} ({cov['matched_fraction']:.0%}); "
                   f"with fused/identity modules accounted for: {cov['accounted']}/{cov['leaf_modules']} ({cov['accounted_fraction']:.0%})\n")  # fmt: skip
-    first = result.first_divergence
-    if first is None:
-        out.write(f"no divergence: {len(result.compared)} tensors compared, all within tolerance or inherited\n")
-        return EXIT_OK
-    out.write(
-        f"first divergence: {first.key or first.a_node} (call {first.call}) A {first.a_node} vs B {first.b_node}: "
-        f"{first.metric} error {fmt_value(first.error)}x tolerance (atol {first.atol:g}, rtol {first.rtol:g}), worst input {fmt_value(first.input_error)}x\n"
-    )
-    return EXIT_FOUND
+    out.write(result.verdict() + "\n")
+    return EXIT_FOUND if result.divergent else EXIT_OK
 
 
 def _window(rows: list[dict], result, limit: int) -> list[dict]:  # type: ignore[no-untyped-def]

@@ -2,10 +2,13 @@
 
 Each observed tensor contributes a float64 vector on its device: the statistics row of
 :class:`~tracefmt.adapters.torch.device_stats.StatKernel`, optionally followed by matrix
-statistics (4 values), the median (1) and per-channel vectors (2 x C). At the end of a
-step, :meth:`StepBatch.gather` concatenates every vector into one tensor per device and
-starts a single (non-blocking where possible) copy to the host; :meth:`HostBatch.records`
-later turns the host copy into the records table, off the training thread.
+statistics (4 values), the median (1) and per-channel vectors (2 x C). A tensor that
+takes the fused kernel has its row in a slot of the step's row buffer instead
+(:mod:`~tracefmt.adapters.torch.step_rows`) and a vector of its extras only, if any. At
+the end of a step, :meth:`StepBatch.gather` finishes the row buffers, concatenates the
+vectors into one tensor per device and starts the (non-blocking where possible) copies
+to the host; :meth:`HostBatch.records` later turns the host copies into the records
+table, off the training thread.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from tracefmt.stats import dtype_name
 
 from .device_stats import StatKernel
+from .step_rows import StepRows
 
 __all__ = ["Observation", "StepBatch", "HostBatch"]
 
@@ -40,10 +44,14 @@ class Observation:
     median: bool = False
     channels: int = 0
     channel_axis: int | None = None
+    #: Device and slot of the row in the step's row buffer (fused kernel), else None.
+    row_device: torch.device | None = None
+    row: int = -1
 
     def length(self, width: int) -> int:
-        """Length of this observation's vector for rows of ``width``."""
-        return width + (4 if self.mat else 0) + (1 if self.median else 0) + 2 * self.channels
+        """Length of this observation's vector for rows of ``width`` (extras only with a slot)."""
+        own = width if self.row_device is None else 0
+        return own + (4 if self.mat else 0) + (1 if self.median else 0) + 2 * self.channels
 
 
 @dataclass
@@ -54,7 +62,7 @@ class StepBatch:
     phase: str
     epoch: int | None
     observations: list[Observation] = field(default_factory=list)
-    vectors: list[torch.Tensor] = field(default_factory=list)
+    vectors: list[torch.Tensor | None] = field(default_factory=list)
     raw: list[tuple[Observation, torch.Tensor]] = field(default_factory=list)
     scalars: list[tuple[str, int, float | torch.Tensor, float]] = field(default_factory=list)
     predictions: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
@@ -62,17 +70,19 @@ class StepBatch:
     def __len__(self) -> int:
         return len(self.observations) + len(self.raw) + len(self.scalars) + len(self.predictions)
 
-    def add(self, obs: Observation, vector: torch.Tensor) -> None:
-        """Add one observation and its device vector."""
+    def add(self, obs: Observation, vector: torch.Tensor | None) -> None:
+        """Add one observation and its device vector (None: a slotted row without extras)."""
         self.observations.append(obs)
         self.vectors.append(vector)
 
-    def gather(self) -> HostBatch:
-        """Concatenate per device and start the copies to the host (one per device)."""
+    def gather(self, rows: StepRows | None = None) -> HostBatch:
+        """Finish ``rows``, concatenate per device and start the copies to the host (one per device)."""
         host: list[tuple[list[int], torch.Tensor, Any]] = []
         by_device: dict[torch.device, list[int]] = {}
         for i, v in enumerate(self.vectors):
-            by_device.setdefault(v.device, []).append(i)
+            if v is not None:
+                by_device.setdefault(v.device, []).append(i)
+        slotted = {d: _to_host(t) for d, t in rows.finish().items()} if rows is not None else {}
         tensor_scalars = [i for i, s in enumerate(self.scalars) if isinstance(s[2], torch.Tensor)]
         for idx in by_device.values():
             flat = torch.cat([self.vectors[i] for i in idx])
@@ -84,7 +94,7 @@ class StepBatch:
             scalar_values = _to_host(torch.stack(ts if same_device else [t.cpu() for t in ts]))
         raw = [(o, *_to_host(t)) for o, t in self.raw]
         preds = [(s, *_to_host(torch.cat([a.reshape(-1), b.reshape(-1)]))) for s, a, b in self.predictions]
-        return HostBatch(self, host, tensor_scalars, scalar_values, raw, preds)
+        return HostBatch(self, host, tensor_scalars, scalar_values, raw, preds, slotted)
 
 
 def _to_host(t: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -116,24 +126,38 @@ class HostBatch:
     scalar_values: tuple[torch.Tensor, Any] | None
     raw: list[tuple[Observation, torch.Tensor, Any]]
     predictions: list[tuple[int, torch.Tensor, Any]]
+    slotted: dict[torch.device, tuple[torch.Tensor, Any]] = field(default_factory=dict)
 
     def records(self, kernel: StatKernel) -> dict[str, Any] | None:
         """The records of this batch: record column name -> Arrow array (rank added by the writer)."""
-        obs_all = self.batch.observations
-        if not obs_all:
+        obs = self.batch.observations
+        if not obs:
             return None
-        order: list[int] = []
+        w = kernel.width
+        # Every vector's start in one flat array (the device groups one after the other).
+        at = np.zeros(len(obs), dtype=np.int64)
         flats: list[np.ndarray] = []
+        offset = 0
         for idx, t, event in self.host:
             _wait(event)
-            order.extend(idx)
-            flats.append(t.numpy())
-        obs = [obs_all[i] for i in order]
-        flat = np.concatenate(flats)
-        w = kernel.width
-        lengths = np.fromiter((o.length(w) for o in obs), dtype=np.int64, count=len(obs))
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        rows = flat[starts[:, None] + np.arange(w)[None, :]]
+            a = t.numpy()
+            lengths = np.fromiter((obs[i].length(w) for i in idx), dtype=np.int64, count=len(idx))
+            at[idx] = offset + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            flats.append(a)
+            offset += a.size
+        flat = np.concatenate(flats) if flats else np.zeros(0)
+        rows = np.empty((len(obs), w))
+        own = np.array([o.row_device is None for o in obs], dtype=bool)
+        if own.any():
+            rows[own] = flat[at[own][:, None] + np.arange(w)[None, :]]
+        slotted = {d: (_wait(e), t.numpy())[1] for d, (t, e) in self.slotted.items()}
+        if slotted:
+            devices = [o.row_device for o in obs]
+            slot = np.fromiter((o.row for o in obs), dtype=np.int64, count=len(obs))
+            for d, arr in slotted.items():
+                sel = np.fromiter((x == d for x in devices), dtype=bool, count=len(obs))
+                rows[sel] = arr[slot[sel]]
+        starts = np.where(own, at, at - w)  # _extras reads from start + w
         numel = np.fromiter((o.numel for o in obs), dtype=np.int64, count=len(obs))
         cols = kernel.decode(rows, numel)
         n = len(obs)

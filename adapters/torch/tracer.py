@@ -24,6 +24,7 @@ from .graph import GraphRecorder, ModuleIndex
 from .observations import HostBatch, Observation, StepBatch, describe
 from .selection import as_patterns, channel_axis, matches, select_modules
 from .slots import tensor_slots
+from .step_rows import StepRows, fused_devices
 from .unusual import UnusualTensors
 
 __all__ = ["TorchTracer"]
@@ -150,6 +151,8 @@ class TorchTracer:
         self.matrix_stats = bool(matrix_stats)
         self.kernel = StatKernel(histogram)
         self._unusual = UnusualTensors(lambda node: self.index.name(node))
+        #: Slots of the fused kernel (CUDA with Triton), None where no device takes it.
+        self.rows = StepRows(self.kernel) if fused_devices() else None
         self._channels = channels if isinstance(channels, bool) else as_patterns(channels)
         self._raw = as_patterns(raw)
         self.optimizer = optimizer
@@ -307,7 +310,7 @@ class TorchTracer:
     def _flush_batch(self) -> None:
         batch = self._batch
         if len(batch):
-            host = batch.gather()
+            host = batch.gather(self.rows)
             self._bg.submit(lambda: self._write(host))
         self._new_batch()
 
@@ -449,7 +452,9 @@ class TorchTracer:
         raw: bool = False,
         mat: bool = False,
         median: bool = False,
+        row: int | None = None,
     ) -> None:
+        """Record one tensor; ``row`` is its slot when the fused kernel was already launched for it."""
         t = self._unusual.for_stats(node, t)
         if t is None:
             return
@@ -459,7 +464,13 @@ class TorchTracer:
             dtype, shape, numel = describe(t)
             obs = Observation(node, kind.value, slot, call, self._seq, dtype, shape, numel)
             self._seq += 1
-            parts = [self.kernel.row(t)]
+            parts: list[torch.Tensor] = []
+            if row is None and self.rows is not None and self.rows.accepts(t):
+                row = self.rows.add(t)
+            if row is not None:
+                obs.row_device, obs.row = t.device, row
+            else:
+                parts.append(self.kernel.row(t))
             if mat and t.ndim == 2 and numel:
                 obs.mat = True
                 parts.append(matrix_vector(t))
@@ -470,7 +481,7 @@ class TorchTracer:
                 axis = channel_axis(module, t.ndim) if module is not None else 1
                 obs.channels, obs.channel_axis = int(t.shape[axis]), axis
                 parts.append(channel_vector(t, axis))
-            vector = parts[0] if len(parts) == 1 else torch.cat(parts)
+            vector = None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts)
             copy = self._unusual.for_raw(node, t) if raw else None
             self._batch.add(obs, vector)
             if copy is not None:
@@ -528,13 +539,30 @@ class TorchTracer:
     def _weights_due(self, *, grads: bool, values: bool) -> None:
         if not self._weight_step():
             return
+        todo: list[tuple[int, Kind, str, torch.Tensor]] = []
         for node, name, p in self._params:
             if values and self.record[Kind.WEIGHT]:
-                self._observe(node, Kind.WEIGHT, name, 0, p, mat=self.matrix_stats)
+                todo.append((node, Kind.WEIGHT, name, p))
             if grads and self.record[Kind.WEIGHT_GRAD] and p.grad is not None:
-                self._observe(node, Kind.WEIGHT_GRAD, name, 0, p.grad)
+                todo.append((node, Kind.WEIGHT_GRAD, name, p.grad))
+        self._observe_bulk(todo)
         if values and self.record[Kind.WEIGHT] and self.matrix_stats:
             self._aggregates()
+
+    def _observe_bulk(self, todo: list[tuple[int, Kind, str, torch.Tensor]]) -> None:
+        """Record parameter-sized tensors: one fused launch per (device, dtype), not per tensor."""
+        rows: list[int | None] = [None] * len(todo)
+        if self.rows is not None:
+            fused = [i for i, item in enumerate(todo) if self.rows.accepts(item[3])]
+            if fused:
+                self._recorder._paused += 1
+                try:
+                    for i, slot in zip(fused, self.rows.add_group([todo[i][3] for i in fused])):
+                        rows[i] = slot
+                finally:
+                    self._recorder._paused -= 1
+        for (node, kind, name, t), row in zip(todo, rows):
+            self._observe(node, kind, name, 0, t, mat=self.matrix_stats and kind is Kind.WEIGHT, row=row)
 
     def _aggregates(self) -> None:
         groups: dict[str, list[torch.Tensor]] = {"all:weight": [], "all:bias": []}
@@ -559,7 +587,7 @@ class TorchTracer:
             return
         self._weights_due(grads=False, values=True)
         if getattr(self, "_before", None) is not None:
-            for (node, name, p), before in zip(self._params, self._before):
-                self._observe(node, Kind.WEIGHT_UPDATE, name, 0, p.detach() - before)
+            updates = torch._foreach_sub([p.detach() for _, _, p in self._params], self._before) if self._params else []
+            self._observe_bulk([(node, Kind.WEIGHT_UPDATE, name, u) for (node, name, _), u in zip(self._params, updates)])
             self._before = None
         self._end_step()

@@ -9,7 +9,7 @@ exactly, floating statistics to rounding.
 Row layout: ``[counts ..., mean_c, std_c, abs_sum_c, min, max]`` where ``c`` is the tensor
 with non-finite elements replaced by 0 (the decoder removes their contribution exactly).
 For symlog binnings the counts are the extended bins of
-:mod:`tracefmt.adapters.torch.binning_tables` (one ``bucketize`` + one ``bincount``);
+:mod:`tracefmt.adapters.torch.binning_tables` (one ``bucketize`` + one :func:`count_bins`);
 for linear binnings, or no histogram, they are ``[nan, inf, zero, pos]`` followed by the
 histogram.
 """
@@ -27,7 +27,7 @@ from tracefmt.histogram import Binning
 from .binning_tables import extended_layout, symlog_boundaries
 from .cpu_stats import cpu_row
 
-__all__ = ["StatKernel", "as_float", "MOMENTS"]
+__all__ = ["StatKernel", "as_float", "count_bins", "MOMENTS"]
 
 #: Number of moment columns at the end of each row.
 MOMENTS = 5
@@ -45,6 +45,16 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
     if f.is_complex():
         raise TypeError("complex tensors are not supported")
     return f.to(torch.float64)
+
+
+def count_bins(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """int64 counts of the values ``0 .. n-1`` of ``idx`` (all in range).
+
+    ``torch.bincount`` reads the maximum of ``idx`` on the host to size its output (a
+    synchronisation on CUDA); ``index_add_`` into a fixed-size buffer does not.
+    """
+    out = torch.zeros(n, dtype=torch.int64, device=idx.device)
+    return out.index_add_(0, idx, torch.ones(1, dtype=torch.int64, device=idx.device).expand(idx.numel()))
 
 
 class StatKernel:
@@ -105,7 +115,7 @@ class StatKernel:
         fin = torch.isfinite(f)
         if self.symlog:
             idx = torch.bucketize(f, self._bounds(f), out_int32=True, right=False)
-            counts = torch.bincount(idx, minlength=self.counts)
+            counts = count_bins(idx, self.counts)
         else:
             counts = self._linear_counts(f, fin)
         c = torch.where(fin, f, 0)
@@ -134,7 +144,7 @@ class StatKernel:
         inside = fin & (v >= float(lo)) & (v <= float(hi))
         idx = torch.floor((v - float(lo)) * float(np_t(n)) / float(hi - lo))
         idx = torch.where(inside, idx.clamp(max=n - 1), n).to(torch.int64)
-        hist = torch.bincount(idx, minlength=n + 1)[:n]
+        hist = count_bins(idx, n + 1)[:n]
         return torch.cat([basic, hist])
 
     # -- host side --------------------------------------------------------------------

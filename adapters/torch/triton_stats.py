@@ -160,7 +160,11 @@ def _kernels():
                     else:
                         v = xc
                     inside = fin & (v >= lo) & (v <= hi)
-                    k = tl.floor(tl.where(inside, (v - lo) * nf / width, 0)).to(tl.int32)
+                    if F64:
+                        q = (v - lo) * nf / width
+                    else:  # `/` on float32 is approximate (div.full); the reference rounds exactly
+                        q = tl.math.div_rn((v - lo) * nf, width)
+                    k = tl.floor(tl.where(inside, q, 0)).to(tl.int32)
                     k = tl.minimum(k, NBINS - 1) + 4
                     hist += tl.histogram(tl.where(inside, k, NB - 1), NB)
         cols = tl.arange(0, NB)

@@ -1,6 +1,9 @@
 """Training-step overhead of the PyTorch adapter against no tracing and two baselines.
 
 Run by hand: ``python bench/bench_torch_overhead.py [--steps N] [--rounds R]``.
+``--device cuda`` (or ``--device cpu --quick`` to check the script) runs the device
+benchmark of bench/_device_overhead.py instead: ResNet-50 and GPT-2 124M besides the two
+small models, median steps, kernels per step, JSON output (``--json PATH``).
 
 Configurations, each timed on the same model and data in the same process:
   (a) no tracing;
@@ -206,15 +209,28 @@ CASES = {
 def main() -> None:
     """Run the benchmark and print per-step times and ratios."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, help="timed steps per round (default 10; with --device 6)")
+    ap.add_argument("--warmup", type=int, help="untimed steps per round (default 3; with --device 2)")
+    ap.add_argument("--rounds", type=int, help="rounds (default 3; with --device 2)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--models", default="cnn,gpt")
     ap.add_argument("--memory", action="store_true", help="peak RSS of (a) and (b) in subprocesses instead of timings")
+    ap.add_argument("--device", help="run the device benchmark on this device (cuda, cpu)")
+    ap.add_argument("--quick", action="store_true", help="with --device: small sizes, to check the code paths")
+    ap.add_argument("--cases", default="resnet50,gpt2-bf16,gpt2-fp32,gpt2-small,cnn", help="with --device: the cases to run")
+    ap.add_argument("--json", help="with --device: write the results here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # The device run must fit a short loan of a GPU (under 4 minutes): fewer, median steps.
+    for name, cpu_default, device_default in (("steps", 10, 6), ("warmup", 3, 2), ("rounds", 3, 2)):
+        if getattr(args, name) is None:
+            setattr(args, name, device_default if args.device else cpu_default)
+    if args.device:
+        from _device_overhead import run
+
+        run(args.device, quick=args.quick, cases=args.cases.split(","), rounds=args.rounds, steps=args.steps, warmup=args.warmup, json_path=args.json)
+        return
     cases = CASES
     if args.memory:
         for key in args.models.split(","):

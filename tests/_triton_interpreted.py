@@ -102,7 +102,8 @@ def test_fused_rows_equal_reference():
 
 @pytest.mark.parametrize("binning", BINNINGS[1:], ids=["fastai", "linear", "symlog25", "none"])
 def test_fused_rows_other_binnings(binning):
-    xs = [x for i, x in enumerate(_cases()) if i not in (1, 2, 6, 7)]  # the edges matter to the default only
+    # The special values; the edges and random tensors matter to the default binning only.
+    xs = [x for i, x in enumerate(_cases()) if i in (0, 3, 4, 5, 9, 11, 12, 14, 18, 19, 20)]
     kernel = StatKernel(binning, native=False)
     rows = StepRows(kernel, devices=("cpu",))
     group = rows.add_group(xs)
@@ -116,15 +117,14 @@ def test_traced_step_equals_torch_path(tmp_path):
     def run(path, fused: bool):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)).double()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
         x = torch.randn(8, 12, dtype=torch.float64)
-        with TorchTracer(model, path, optimizer=opt, weight_updates=True, channels=True) as tracer:
+        # tracer.step(), no optimizer: torch.optim's first import costs seconds here.
+        with TorchTracer(model, path, channels=True) as tracer:
             assert (tracer.rows is not None) == fused
             if not fused:
                 tracer.kernel = StatKernel(tracer.kernel.binning, native=False)
             model(x).square().mean().backward()
-            opt.step()
-            opt.zero_grad()
+            tracer.step()
         return tracefmt.open(path).records.to_table().sort_by([("step", "ascending"), ("seq", "ascending")])
 
     fused = run(tmp_path / "fused.trace", True)

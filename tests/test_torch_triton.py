@@ -83,3 +83,39 @@ def test_kernels_compile_for_a_gpu_without_one(tmp_path, monkeypatch):
     plan = triton_stats.KernelPlan(DEFAULT_BINNING, counts)
     consts = {"COUNTS": counts, "NC": 1 << (counts - 1).bit_length(), "RAW_W": plan.raw_width, "W": counts + 5, "BR": 16}
     assert "sqrt.rn.f64" in compile_ptx(finish_rows, {"raw_ptr": "*fp64", "out_ptr": "*fp64", "n_rows": "i32"}, consts)
+
+
+def test_a_failing_kernel_falls_back_to_torch_ops(tmp_path, monkeypatch):
+    # Without TRITON_INTERPRET a Triton kernel cannot run on CPU tensors here: the tracer
+    # must warn once, keep the step and write the same statistics through torch operations.
+    import numpy as np
+    import torch
+    from torch import nn
+
+    import tracefmt
+    from tracefmt.adapters.torch import TorchTracer
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("kernels are interpreted in this process")
+
+    def run(path):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with TorchTracer(model, path, optimizer=opt) as tracer:
+            for _ in range(2):
+                model(torch.randn(4, 6)).sum().backward()
+                opt.step()
+                opt.zero_grad()
+        return tracer, tracefmt.open(path).records.to_table().sort_by([("step", "ascending"), ("seq", "ascending")])
+
+    monkeypatch.setenv("TRACEFMT_TRITON", "cpu")
+    with pytest.warns(RuntimeWarning, match="fused statistics kernel failed"):
+        tracer, failed = run(tmp_path / "a.trace")
+    assert tracer.rows is not None and tracer.rows.devices == ()
+    monkeypatch.setenv("TRACEFMT_TRITON", "0")
+    _, plain = run(tmp_path / "b.trace")
+    assert failed.num_rows == plain.num_rows == 2 * (3 + 3 + 4 + 4)
+    for name in ("kind", "node_id", "nan_count", "zero_count", "pos_count", "hist_counts"):
+        assert failed.column(name).to_pylist() == plain.column(name).to_pylist(), name
+    np.testing.assert_allclose(failed.column("std").to_numpy(), plain.column("std").to_numpy(), rtol=1e-12)

@@ -12,6 +12,7 @@ waiting on the host.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -93,31 +94,55 @@ class StepRows:
             rows = self._rows[device] = _DeviceRows(self.plan, self.kernel.width, device, self.capacity)
         return rows
 
-    def add(self, t: torch.Tensor) -> int:
-        """Launch the kernel for ``t`` (accepted) and return its slot on its device."""
+    def add(self, t: torch.Tensor) -> int | None:
+        """Launch the kernel for ``t`` (accepted) and return its slot on its device.
+
+        Returns None, and sends every later tensor to the caller's other path, if the
+        kernel cannot run here (a Triton or driver error): tracing must not fail a step.
+        """
         rows = self._device(t.device)
         slot = rows.reserve(1)
         if t.numel():
             x = t.detach()
-            launch_one(self.plan, x if is_dense(x) else x.contiguous(), rows.raw, slot)
+            try:
+                launch_one(self.plan, x if is_dense(x) else x.contiguous(), rows.raw, slot)
+            except Exception as exc:  # noqa: BLE001 - reported once, then the torch path
+                rows.used -= 1
+                self._give_up(exc)
+                return None
         return slot
 
-    def add_group(self, ts: list[torch.Tensor]) -> list[int]:
-        """Slots for several accepted tensors: one launch per (device, dtype) present."""
-        slots = [0] * len(ts)
+    def add_group(self, ts: list[torch.Tensor]) -> list[int | None]:
+        """Slots for several accepted tensors: one launch per (device, dtype) present (None: not launched)."""
+        slots: list[int | None] = [None] * len(ts)
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, t in enumerate(ts):
             groups.setdefault((t.device, t.dtype), []).append(i)
         for (device, _), idx in groups.items():
+            if not self.devices:
+                break
             rows = self._device(device)
             first = rows.reserve(len(idx))
+            work = [(ts[i].detach(), first + k) for k, i in enumerate(idx) if ts[i].numel()]
+            try:
+                if work:
+                    xs = [x if is_dense(x) else x.contiguous() for x, _ in work]
+                    launch_group(self.plan, xs, rows.raw, [s for _, s in work])
+            except Exception as exc:  # noqa: BLE001 - reported once, then the torch path
+                rows.used = first
+                self._give_up(exc)
+                break
             for k, i in enumerate(idx):
                 slots[i] = first + k
-            work = [(ts[i].detach(), slots[i]) for i in idx if ts[i].numel()]
-            if work:
-                xs = [x if is_dense(x) else x.contiguous() for x, _ in work]
-                launch_group(self.plan, xs, rows.raw, [s for _, s in work])
         return slots
+
+    def _give_up(self, exc: Exception) -> None:
+        self.devices = ()
+        warnings.warn(
+            f"tracefmt: the fused statistics kernel failed ({type(exc).__name__}: {exc}); using torch operations from now on",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def finish(self) -> dict[torch.device, torch.Tensor]:
         """Finish the step: device -> its finished rows ``(used, width)``; the buffers are reset."""

@@ -466,7 +466,7 @@ class TorchTracer:
             self._seq += 1
             parts: list[torch.Tensor] = []
             if row is None and self.rows is not None and self.rows.accepts(t):
-                row = self.rows.add(t)
+                row = self.rows.add(t)  # None if the kernel failed: the torch path below
             if row is not None:
                 obs.row_device, obs.row = t.device, row
             else:
@@ -555,12 +555,9 @@ class TorchTracer:
         if self.rows is not None:
             fused = [i for i, item in enumerate(todo) if self.rows.accepts(item[3])]
             if fused:
-                self._recorder._paused += 1
-                try:
+                with self._recorder.paused():
                     for i, slot in zip(fused, self.rows.add_group([todo[i][3] for i in fused])):
                         rows[i] = slot
-                finally:
-                    self._recorder._paused -= 1
         for (node, kind, name, t), row in zip(todo, rows):
             self._observe(node, kind, name, 0, t, mat=self.matrix_stats and kind is Kind.WEIGHT, row=row)
 

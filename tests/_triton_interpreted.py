@@ -100,7 +100,9 @@ def test_fused_rows_equal_reference():
     _decode_check(kernel, rows.finish()[torch.device("cpu")].numpy(), group, xs)
 
 
-@pytest.mark.parametrize("binning", BINNINGS[1:], ids=["fastai", "linear", "symlog25", "none"])
+@pytest.mark.parametrize(
+    "binning", [*BINNINGS[1:], Binning("symlog", 1e-40, 1e3, 25)], ids=["fastai", "linear", "symlog25", "none", "symlog-search"]
+)
 def test_fused_rows_other_binnings(binning):
     # The special values; the edges and random tensors matter to the default binning only.
     xs = [x for i, x in enumerate(_cases()) if i in (0, 3, 4, 5, 9, 11, 12, 14, 18, 19, 20)]

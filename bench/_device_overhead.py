@@ -55,7 +55,11 @@ def _resnet50(device: torch.device, quick: bool) -> Case:
 def _gpt2(device: torch.device, quick: bool, autocast: bool) -> Case:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config() if not quick else GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=64)
+    cfg = (
+        GPT2Config()
+        if not quick
+        else GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=64, bos_token_id=511, eos_token_id=511)
+    )
     batch, seq = (8, 1024) if not quick else (2, 32)
     model = GPT2LMHeadModel(cfg).to(device)
     g = torch.Generator(device=device).manual_seed(0)

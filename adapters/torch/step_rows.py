@@ -51,8 +51,11 @@ def is_dense(t: torch.Tensor) -> bool:
 class _DeviceRows:
     def __init__(self, plan: KernelPlan, width: int, device: torch.device, capacity: int) -> None:
         self.plan, self.width, self.device = plan, width, device
-        self.raw = raw_init(capacity, plan, device)
-        self.out = torch.empty(capacity, width, dtype=torch.float64, device=device)
+        # Normal tensors even when the first observation happens under inference_mode:
+        # the buffer is written again outside it.
+        with torch.inference_mode(False):
+            self.raw = raw_init(capacity, plan, device)
+            self.out = torch.empty(capacity, width, dtype=torch.float64, device=device)
         self.used = 0
 
     def reserve(self, k: int) -> int:
@@ -61,10 +64,11 @@ class _DeviceRows:
         if self.used > self.raw.shape[0]:
             # Grow without synchronising: a new buffer, the rows so far copied on the device.
             cap = max(2 * self.raw.shape[0], self.used)
-            raw = raw_init(cap, self.plan, self.device)
-            raw[:first].copy_(self.raw[:first])
+            with torch.inference_mode(False):
+                raw = raw_init(cap, self.plan, self.device)
+                raw[:first].copy_(self.raw[:first])
+                self.out = torch.empty(cap, self.width, dtype=torch.float64, device=self.device)
             self.raw = raw
-            self.out = torch.empty(cap, self.width, dtype=torch.float64, device=self.device)
         return first
 
 

@@ -29,6 +29,7 @@ finite, numel, s, 1/σ]``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from functools import lru_cache
 
@@ -329,6 +330,13 @@ def _shape_cached(device: torch.device) -> tuple[int, int, int]:
     return _launch_shape(device)
 
 
+def _on(device: torch.device):
+    """Make ``device`` current for a launch (Triton launches on the current CUDA device)."""
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 def _chunks(n: int, block: int, most: int) -> tuple[int, int]:
     """``(programs, chunk)``: at most ``most`` programs, each a whole number of blocks."""
     blocks = -(-n // block)
@@ -345,7 +353,8 @@ def launch_one(plan: KernelPlan, x: torch.Tensor, raw: torch.Tensor, slot: int) 
     bounds, lin = plan.tables(x.device, f64)
     n = x.numel()
     programs, chunk = _chunks(n, block, most)
-    row_stats[(programs,)](x, raw, raw, bounds, lin, n, slot, chunk, num_warps=warps, **plan.constants(f64, block, False))
+    with _on(x.device):
+        row_stats[(programs,)](x, raw, raw, bounds, lin, n, slot, chunk, num_warps=warps, **plan.constants(f64, block, False))
 
 
 def launch_group(plan: KernelPlan, xs: list[torch.Tensor], raw: torch.Tensor, slots: list[int]) -> None:
@@ -367,13 +376,15 @@ def launch_group(plan: KernelPlan, xs: list[torch.Tensor], raw: torch.Tensor, sl
         table = table.pin_memory().to(device, non_blocking=True)
     f64 = xs[0].dtype == torch.float64
     bounds, lin = plan.tables(device, f64)
-    row_stats[(table.shape[0],)](xs[0], table, raw, bounds, lin, 0, 0, 0, num_warps=warps, **plan.constants(f64, block, True))
+    with _on(device):
+        row_stats[(table.shape[0],)](xs[0], table, raw, bounds, lin, 0, 0, 0, num_warps=warps, **plan.constants(f64, block, True))
 
 
 def launch_finish(plan: KernelPlan, raw: torch.Tensor, out: torch.Tensor, n_rows: int) -> None:
     """Turn ``raw[:n_rows]`` into StatKernel rows in ``out[:n_rows]`` and reset the raw rows."""
     _, finish_rows = _kernels()
     br = 16
-    finish_rows[(-(-n_rows // br),)](
-        raw, out, n_rows, COUNTS=plan.counts, NC=_pow2(plan.counts), RAW_W=plan.raw_width, W=plan.counts + 5, BR=br
-    )
+    with _on(raw.device):
+        finish_rows[(-(-n_rows // br),)](
+            raw, out, n_rows, COUNTS=plan.counts, NC=_pow2(plan.counts), RAW_W=plan.raw_width, W=plan.counts + 5, BR=br
+        )

@@ -34,7 +34,8 @@ __all__ = ["Reduction", "reduce", "ChannelSums", "channel_sums", "native_availab
 LANES = 8
 #: Rows of LANES elements summed per numpy call in the fallback (bounds its memory).
 _CHUNK_ROWS = 1 << 16
-_MODES = {None: 0, HistScheme.SYMLOG: 1, HistScheme.LINEAR: 2, HistScheme.ABS_LINEAR: 3}
+# EDGES (explicit edges) has no kernel mode: 0 = moments in the kernel, the histogram in numpy.
+_MODES = {None: 0, HistScheme.SYMLOG: 1, HistScheme.LINEAR: 2, HistScheme.ABS_LINEAR: 3, HistScheme.EDGES: 0}
 
 
 @dataclass(frozen=True)

@@ -214,6 +214,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, help="rounds (default 3; with --device 2)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--models", default="cnn,gpt")
+    ap.add_argument("--configs", default="abcde", help="configurations to run, (a) always included")
     ap.add_argument("--memory", action="store_true", help="peak RSS of (a) and (b) in subprocesses instead of timings")
     ap.add_argument("--device", help="run the device benchmark on this device (cuda, cpu)")
     ap.add_argument("--quick", action="store_true", help="with --device: small sizes, to check the code paths")
@@ -241,22 +242,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for key in args.models.split(","):
             label, build = cases[key]
-            best = {c: float("inf") for c in "abcde"}
+            configs = "a" + "".join(c for c in "bcde" if c in args.configs)
+            best = {c: float("inf") for c in configs}
             best_cpu = dict(best)
             for _ in range(args.rounds):
-                for c in "abcde":
+                for c in configs:
                     wall, cpu = time_config(build, c, args.steps, args.warmup, Path(d))
                     best[c], best_cpu[c] = min(best[c], wall), min(best_cpu[c], cpu)
             a = best["a"]
             print(f"\n{label}")
             names = ("no tracing", "tracefmt", "naive .item()/histc hooks", "TensorBoard add_histogram", "tracefmt, histogram=None")
             for c, name in zip("abcde", names):
+                if c not in configs:
+                    continue
                 print(f"  ({c}) {name:28s} {best[c] * 1e3:9.1f} ms/step   ratio {best[c] / a:6.2f}   "
                       f"CPU {best_cpu[c] * 1e3:9.1f} ms/step   ratio {best_cpu[c] / best_cpu['a']:6.2f}")  # fmt: skip
-            print(
-                f"  overhead (b)-(a) = {(best['b'] - a) * 1e3:.1f} ms; (d)-(a) = {(best['d'] - a) * 1e3:.1f} ms; "
-                f"(d) overhead / (b) overhead = {(best['d'] - a) / max(best['b'] - a, 1e-9):.1f}x"
-            )
+            if "b" in configs and "d" in configs:
+                print(
+                    f"  overhead (b)-(a) = {(best['b'] - a) * 1e3:.1f} ms; (d)-(a) = {(best['d'] - a) * 1e3:.1f} ms; "
+                    f"(d) overhead / (b) overhead = {(best['d'] - a) / max(best['b'] - a, 1e-9):.1f}x"
+                )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ is replaced when an in-place op rewrites it, so each name has exactly one produc
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -119,8 +120,9 @@ class GraphRecorder:
         self.order: dict[int, int] = {}
         self.calls: dict[int, int] = {}
         self.functional: list[dict[str, Any]] = []
-        self._names: dict[int, str] = {}
-        self._alive: list[torch.Tensor] = []
+        # id -> (weak reference, name): a tensor is matched only while it is alive, so the
+        # recorder never extends the life of an activation (ids of dead tensors are reused).
+        self._names: dict[int, tuple[weakref.ref, str]] = {}
         self._stack: list[int] = []
         self._leaf_depth = 0
         self._paused = 0
@@ -148,7 +150,6 @@ class GraphRecorder:
         if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self._mode = None
-        self._alive.clear()
         self._names.clear()
 
     @contextmanager
@@ -162,11 +163,11 @@ class GraphRecorder:
 
     # -- naming -----------------------------------------------------------------------
     def _name_of(self, t: torch.Tensor) -> str | None:
-        return self._names.get(id(t))
+        entry = self._names.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else None
 
     def _set_name(self, t: torch.Tensor, name: str) -> None:
-        self._names[id(t)] = name
-        self._alive.append(t)  # keeps id() unique for the duration of the pass
+        self._names[id(t)] = (weakref.ref(t), name)
 
     def _add_inputs(self, node: int, values: Any) -> None:
         for t in _tensors_in(values):

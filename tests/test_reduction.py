@@ -19,6 +19,7 @@ BINNINGS = [
     Binning("linear", -2.0, 2.0, 7),
     Binning("symlog", 1e-3, 1e3, 25),
     Binning("symlog", 1e-3, 1e3, 3001),  # edges closer than the kernel's keys: histogram in numpy
+    Binning.from_edges([-3.0, -0.5, 0.0, 0.25, 1.0, 4.0]),
 ]
 
 

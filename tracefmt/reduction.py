@@ -224,7 +224,7 @@ def reduce(x: Any, binning: Binning | None = None, *, native: bool | None = None
         return _reduce_numpy(a, binning)
     counts = np.empty(5, np.int64)
     mom = np.empty(8, np.float64)
-    mode = _MODES[binning.scheme if binning is not None else None]
+    mode = _MODES.get(binning.scheme if binning is not None else None, 0)  # others (edges): histogram in numpy
     table = _symlog_table(binning) if mode == 1 else None
     if mode == 1 and table is None:
         mode = 0  # an edge spacing finer than the kernel's keys: the histogram in numpy

@@ -8,7 +8,10 @@ the definitions are those of :func:`tracefmt.stats.channel_stats`,
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from tracefmt.reduction import channel_sums
 
 from .device_stats import as_float
 
@@ -18,6 +21,12 @@ __all__ = ["channel_vector", "matrix_vector", "median_vector"]
 def channel_vector(x: torch.Tensor, axis: int) -> torch.Tensor:
     """``[pos_frac (C), mean (C)]`` along ``axis``: fraction > 0 and mean of the finite elements."""
     v = x.detach()
+    if v.device.type == "cpu":
+        # tracefmt's own kernel: one pass, no temporaries the size of the tensor.
+        f = v if v.dtype in (torch.float32, torch.float64) else v.float() if v.is_floating_point() else v.to(torch.float64)
+        r = channel_sums(f.contiguous().numpy(), axis % max(f.ndim, 1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return torch.from_numpy(np.concatenate([r.positive / r.size, r.sums / r.finite]))
     if not (v.is_floating_point() or v.dtype == torch.float64):
         v = v.to(torch.float64)
     moved = v.movedim(axis, 0).reshape(v.shape[axis], -1)

@@ -230,7 +230,15 @@ def main() -> None:
     if args.device:
         from _device_overhead import run
 
-        run(args.device, quick=args.quick, cases=args.cases.split(","), rounds=args.rounds, steps=args.steps, warmup=args.warmup, json_path=args.json)
+        run(
+            args.device,
+            quick=args.quick,
+            cases=args.cases.split(","),
+            rounds=args.rounds,
+            steps=args.steps,
+            warmup=args.warmup,
+            json_path=args.json,
+        )
         return
     cases = CASES
     if args.memory:

@@ -14,6 +14,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 setup: system-deps $(STAMP)
 
 system-deps:
+	@command -v cc >/dev/null 2>&1 || { echo "installing gcc (tracefmt's statistics kernel is compiled at install)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gcc >/dev/null; }
 	@command -v dot >/dev/null 2>&1 || { echo "installing graphviz (dot)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq graphviz >/dev/null; }
 	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (report tests)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null || echo "chromium not installed: browser tests will be skipped"; }
 

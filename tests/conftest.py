@@ -24,7 +24,12 @@ TINY_NODES = [
 
 
 def write_tiny_trace(path: Path, *, steps: int = 4, seed: int = 0, **writer_options) -> Path:
-    """A small trace of a 2-layer MLP written with TraceWriter and the reference statistics."""
+    """A small trace of a 2-layer MLP written with TraceWriter and the reference statistics.
+
+    Segments are IPC files (``segment_format='arrow'``) unless ``options`` says otherwise:
+    the tests that cut or rewrite segment bytes work on the IPC framing.
+    """
+    writer_options.setdefault("options", tracefmt.WriterOptions(segment_format="arrow"))
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((8, 5)).astype(np.float32)
     with tracefmt.TraceWriter(path, model="tiny-mlp", producer={"adapter": "tests"}, **writer_options) as tw:

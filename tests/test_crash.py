@@ -108,7 +108,7 @@ def test_cut_segments_at_any_byte(tmp_path, cut):
     from conftest import write_tiny_trace
 
     path = write_tiny_trace(tmp_path / "t", batch_rows=4, flush_interval=0)
-    seg = path / "records" / "rank=0" / "part-00000.arrow"
+    seg = path / "records" / "rank-0" / "part-00000.arrow"
     data = seg.read_bytes()
     seg.write_bytes(data[:cut])
     rows = tracefmt.open(path).records.count_rows()

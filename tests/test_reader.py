@@ -55,7 +55,7 @@ def test_nodes_edges_scalars(tiny_trace):
 
 def test_forward_and_backward_compatible_segments(tmp_path, tiny_trace):
     """Extra columns are kept, missing nullable columns read as null (spec 'Versioning')."""
-    rank_dir = tiny_trace / "records" / "rank=0"
+    rank_dir = tiny_trace / "records" / "rank-0"
     base = tracefmt.open(tiny_trace).read()
     newer = base.slice(0, 2).append_column("future", pa.array([1.5, 2.5]))
     older = base.slice(2, 3).drop_columns(["median", "channel_mean", "mat_trace"])
@@ -86,7 +86,7 @@ def test_refusals(tmp_path, tiny_trace):
 
 
 def test_wrong_column_type_is_named(tiny_trace):
-    rank_dir = tiny_trace / "records" / "rank=0"
+    rank_dir = tiny_trace / "records" / "rank-0"
     t = tracefmt.open(tiny_trace).read()
     bad = t.set_column(0, "step", t.column("step").cast(pa.int32()))
     with ipc.new_file(str(rank_dir / "part-00001.arrow"), bad.schema) as w:
@@ -99,11 +99,11 @@ def test_compaction_is_lossless_and_sorted(tmp_path):
     path = write_tiny_trace(tmp_path / "t", steps=6, batch_rows=4, segment_bytes=30_000, flush_interval=0)
     before = tracefmt.open(path).read()
     scalars_before = tracefmt.open(path).scalars
-    assert len(list((path / "records" / "rank=0").iterdir())) > 1
+    assert len(list((path / "records" / "rank-0").iterdir())) > 1
     result = compact_trace(path, chunk_rows=7)  # several node_id ranges: bounded-memory path
     rec = [p for p in result.partitions if p.table == "records"][0]
     assert rec.rows == before.num_rows == 24 and rec.output.endswith(".parquet")
-    files = list((path / "records" / "rank=0").iterdir())
+    files = list((path / "records" / "rank-0").iterdir())
     assert [f.suffix for f in files] == [".parquet"]
     after = tracefmt.open(path).read()
     assert _key(after) == _key(before)
@@ -114,7 +114,7 @@ def test_compaction_is_lossless_and_sorted(tmp_path):
     assert tracefmt.open(path).scalars.equals(scalars_before)
     assert tracefmt.validate(path).valid
     again = compact_trace(path)
-    assert again.partitions == [] and "records/rank=0" in again.skipped
+    assert again.partitions == [] and "records/rank-0" in again.skipped
     # Appending after compaction continues the segment numbering and still reads everything.
     with tracefmt.TraceWriter(path, mode="append", flush_interval=0) as w:
         w.write_records(tracefmt.open(path).read(steps=(0, 0)).drop_columns(["rank"]).to_pylist())
@@ -136,7 +136,7 @@ def test_interrupted_compaction_never_shows_a_row_twice(tmp_path):
     """Each crash point of the compaction protocol (spec 'Compaction') reads every row once."""
     path = write_tiny_trace(tmp_path / "t", batch_rows=4, segment_bytes=20_000, flush_interval=0)
     expected = _key(tracefmt.open(path).read())
-    rank_dir = path / "records" / "rank=0"
+    rank_dir = path / "records" / "rank-0"
     old = sorted(p.name for p in rank_dir.iterdir())
     assert len(old) > 1
     table = tracefmt.open(path).read()
@@ -174,7 +174,7 @@ def test_interrupted_compaction_never_shows_a_row_twice(tmp_path):
 
 def test_killed_writer_segments_are_compacted_with_force(tmp_path):
     path = write_tiny_trace(tmp_path / "t", flush_interval=0)
-    seg = path / "records" / "rank=0" / "part-00000.arrow"
+    seg = path / "records" / "rank-0" / "part-00000.arrow"
     data = seg.read_bytes()
     seg.write_bytes(data[: len(data) // 2 + 200])  # cut: no footer, a partial batch
     m = json.loads((path / "manifest.json").read_text())

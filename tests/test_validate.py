@@ -18,7 +18,7 @@ def _rewrite_records(trace, fn) -> None:
     """Replace the trace's records by ``fn(rows)`` written with plain pyarrow (bypassing the writer's checks)."""
     rows = tracefmt.open(trace).read().to_pylist()
     fn(rows)
-    seg = trace / "records" / "rank=0" / "part-00000.arrow"
+    seg = trace / "records" / "rank-0" / "part-00000.arrow"
     table = pa.Table.from_pylist(rows, schema=pa.schema([f.with_nullable(True) for f in RECORDS.schema]))
     with ipc.new_file(str(seg), table.schema) as w:
         w.write_table(table, max_chunksize=5)
@@ -52,7 +52,7 @@ def test_every_problem_is_collected_with_its_location(tiny_trace):
     assert {p.code for p in report.errors} == {"bad-enum", "dangling-reference", "numel-mismatch", "bad-histogram", "bad-channel"}
     enum = _problem(report, "bad-enum")
     assert (enum.table, enum.column, enum.row, enum.rows) == ("records", "kind", 1, 2)
-    assert enum.file == "records/rank=0/part-00000.arrow" and "'activations'" in enum.message and "2 rows in all" in enum.message
+    assert enum.file == "records/rank-0/part-00000.arrow" and "'activations'" in enum.message and "2 rows in all" in enum.message
     assert (_problem(report, "dangling-reference").row, _problem(report, "numel-mismatch").row) == (6, 9)
     assert _problem(report, "bad-histogram").row == 12 and _problem(report, "bad-channel").row == 13
     d = report.as_dict()
@@ -103,6 +103,7 @@ def test_node_defects(tmp_path):
     with tracefmt.TraceWriter(path) as w:
         w.write_nodes(TINY_NODES)
     table = pa.Table.from_pylist(nodes, schema=pa.schema([f.with_nullable(True) for f in tracefmt.schema.NODES.schema]))
+    (path / "nodes.parquet").unlink()  # the older file name: readers accept both
     with ipc.new_file(str(path / "nodes.arrow"), table.schema) as w:
         w.write_table(table)
     report = tracefmt.validate(path)
@@ -129,7 +130,7 @@ def test_warnings_and_infos_do_not_invalidate(tiny_trace):
     (tiny_trace / "manifest.json").write_text(json.dumps({**m, "complete": False, "format_version": "1.4", "extra": 1}))
     (tiny_trace / "notes.txt").write_text("hello")
     (tiny_trace / "records" / "stray.txt").write_text("x")
-    (tiny_trace / "records" / "rank=0" / "part-00009.arrow").write_bytes(b"")  # killed before the schema
+    (tiny_trace / "records" / "rank-0" / "part-00009.arrow").write_bytes(b"")  # killed before the schema
     report = tracefmt.validate(tiny_trace)
     assert report.valid, str(report)
     assert {p.code for p in report.warnings} == {"incomplete", "bad-layout", "truncated-segment"}
@@ -145,7 +146,7 @@ def test_partition_beyond_world_size_and_optional_tables(tiny_trace):
 
 
 def test_tensors_values_must_be_a_fixed_shape_tensor(tiny_trace):
-    d = tiny_trace / "tensors" / "rank=0"
+    d = tiny_trace / "tensors" / "rank-0"
     d.mkdir(parents=True)
     t = pa.table({"step": pa.array([0], pa.int64()), "phase": ["train"], "rank": pa.array([0], pa.int32()), "node_id": pa.array([1], pa.int32()),
                   "kind": ["activation"], "slot": ["0"], "call": pa.array([0], pa.int32()), "dtype": ["float32"], "values": [[1.0, 2.0]]})  # fmt: skip
@@ -182,7 +183,7 @@ def test_large_trace_is_validated_batch_by_batch(tmp_path):
     from conftest import write_tiny_trace
 
     path = write_tiny_trace(tmp_path / "t", steps=300, batch_rows=64, segment_bytes=200_000, flush_interval=0)
-    segs = sorted((path / "records" / "rank=0").iterdir())
+    segs = sorted((path / "records" / "rank-0").iterdir())
     assert len(segs) > 3
     last = segs[-1]
     table = ipc.open_file(str(last)).read_all()
@@ -194,7 +195,7 @@ def test_large_trace_is_validated_batch_by_batch(tmp_path):
     report = tracefmt.validate(path)
     assert report.rows_checked["records"] == 1200
     p = _problem(report, "bad-enum")
-    assert p.file == f"records/rank=0/{last.name}" and p.row == table.num_rows - 1
+    assert p.file == f"records/rank-0/{last.name}" and p.row == table.num_rows - 1
 
 
 def test_duplicate_keys_within_a_segment(tiny_trace):

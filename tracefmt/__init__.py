@@ -19,13 +19,14 @@ from .errors import (
 from .histogram import DEFAULT_BINNING, FASTAI_BINNING, Binning
 from .schema import FORMAT_VERSION
 from .trace import Trace, open
-from .writer import TraceWriter
+from .writer import TraceWriter, WriterOptions
 
 __all__ = [
     "__version__",
     "FORMAT_VERSION",
     "Trace",
     "TraceWriter",
+    "WriterOptions",
     "open",
     "validate",
     "compact",

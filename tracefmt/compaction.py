@@ -1,27 +1,36 @@
-"""Compaction: rewrite a rank's IPC segments as one sorted Parquet file (spec 'Compaction').
+"""Compaction: rewrite a rank's segments as one sorted Parquet file (spec 'Compaction').
 
-For each partition ``<table>/rank=<R>/`` of records, scalars and predictions,
-:func:`compact_trace` writes every row of every segment (complete, or readable up to the
-last complete batch of a killed writer) to one Parquet file sorted by the table's sort
-key (records: node_id, kind, step), checks that it holds exactly as many rows as the
-segments it replaces, and only then removes them. The order of operations keeps the trace
-readable, with every row exactly once, if the process dies at any point:
+For each partition ``<table>/rank-<R>/`` of records, scalars and predictions,
+:func:`compact_trace` writes every row of every segment (closed, open, or readable up to
+the last complete batch of a killed writer) to one Parquet file sorted by the table's
+sort key (records: node_id, kind, step), in a new hidden directory beside the partition,
+checks that it holds exactly as many rows as the segments it replaces, and then switches
+the two directories in one atomic step. Every reader, tracefmt or an outside engine that
+knows nothing of tracefmt, sees either all the old segments or the one new file, never
+both and never neither:
 
-1. write ``.part-NNNNN.parquet.tmp`` (hidden: readers ignore it) and fsync it;
+1. write ``<table>/.rank-<R>.new-<random>/part-NNNNN.parquet`` and flush it to disk;
 2. verify its row count against the inputs (on mismatch: delete it, raise, change nothing);
-3. write the journal ``.compact.json`` naming the output and the segments it replaces;
-4. rename the temporary file to ``part-NNNNN.parquet`` (atomic): from now on readers
-   ignore the replaced segments because the journal's output exists;
-5. delete the replaced segments, then the journal.
+3. exchange the two directories atomically (Linux ``renameat2(RENAME_EXCHANGE)``): the
+   partition now holds the new file and the hidden directory the old segments;
+4. delete the hidden directory.
 
-An interrupted compaction is finished (after step 4) or undone (before it) by the next
-:func:`compact_trace` call; readers are correct at every step.
+Where the exchange is not available (another OS, a file system without it) step 3 is two
+renames (old partition away, new one in), with a window of a few microseconds in which an
+outside engine that lists the table finds the partition missing; this is said in the
+spec. A hidden ``.rank-<R>.*`` directory left by an interrupted compaction is removed by
+the next one (before the exchange it is an unpublished copy; after it, the replaced
+segments); if the partition itself is missing (killed between the two renames), the new
+copy is moved in. Traces compacted before format 1.1 may hold a journal ``.compact.json``,
+which readers still honour.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +44,7 @@ from ._conform import conform_table
 from .errors import TraceFormatError, UsageError
 from .manifest import read_manifest
 from .schema import TABLES
-from .segments import JOURNAL, Segment, iter_batches, list_segments, open_segment
+from .segments import JOURNAL, Segment, iter_batches, list_segments, open_segment, rank_of_dir, segment_index
 
 __all__ = ["compact_trace", "CompactionResult", "PartitionResult", "SORT_KEYS"]
 
@@ -49,7 +58,7 @@ SORT_KEYS: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class PartitionResult:
-    """What compaction did to one ``<table>/rank=<R>`` partition."""
+    """What compaction did to one ``<table>/rank-<R>`` partition."""
 
     table: str
     rank: int
@@ -110,19 +119,43 @@ def compact_trace(
     if not manifest.get("complete", False) and not force:
         raise UsageError(f"{root}: the trace is not complete (a writer may still be open); compact it after the writer closes, or force it")
     result = CompactionResult(root)
+    run_id = str(manifest.get("run_id") or "") or None
     for table in tables:
         by_rank: dict[int, list[Segment]] = {}
-        for rank_dir in sorted((root / table).glob("rank=*")):
+        for rank_dir in _partition_dirs(root / table):
             _recover(rank_dir)
+        _recover_switches(root / table)
         for seg in list_segments(root, table):
             by_rank.setdefault(seg.rank, []).append(seg)
         for rank, segs in by_rank.items():
-            if len(segs) == 1 and segs[0].format == "parquet":
-                result.skipped.append(f"{table}/rank={rank}")
+            if len(segs) == 1 and segs[0].format == "parquet" and not segs[0].open:
+                result.skipped.append(f"{table}/{segs[0].path.parent.name}")
                 continue
-            result.partitions.append(_compact_partition(root, table, rank, segs, compression=compression,
+            result.partitions.append(_compact_partition(root, table, rank, segs, compression=compression, run_id=run_id,
                                                         chunk_rows=chunk_rows, row_group_rows=row_group_rows))  # fmt: skip
     return result
+
+
+def _partition_dirs(table_dir: Path) -> list[Path]:
+    if not table_dir.is_dir():
+        return []
+    return [d for d in sorted(table_dir.iterdir()) if rank_of_dir(d.name) is not None and d.is_dir() and not d.is_symlink()]
+
+
+def _recover_switches(table_dir: Path) -> None:
+    """Finish or clean up a directory switch interrupted in ``table_dir`` (see the module docstring)."""
+    if not table_dir.is_dir():
+        return
+    hidden = [d for d in sorted(table_dir.iterdir()) if d.name.startswith(".rank") and d.is_dir() and not d.is_symlink()]
+    for d in hidden:
+        partition, _, tail = d.name[1:].partition(".")
+        if rank_of_dir(partition) is None or not tail.startswith(("new-", "old-")):
+            continue
+        target = table_dir / partition
+        if not target.exists() and tail.startswith("new-"):
+            os.replace(d, target)  # killed between the two renames of the fallback switch
+        else:
+            shutil.rmtree(d)
 
 
 def _recover(rank_dir: Path) -> None:
@@ -148,7 +181,7 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def _compact_partition(root: Path, table: str, rank: int, segs: list[Segment], *, compression: str,
+def _compact_partition(root: Path, table: str, rank: int, segs: list[Segment], *, compression: str, run_id: str | None,
                        chunk_rows: int, row_group_rows: int) -> PartitionResult:  # fmt: skip
     tdef = TABLES[table]
     rank_dir = segs[0].path.parent
@@ -159,39 +192,78 @@ def _compact_partition(root: Path, table: str, rank: int, segs: list[Segment], *
             raise TraceFormatError(f"{s.path}: {s.problem}; not compacted (move the file away to compact the rest)")
         if s.readable:
             schema = pa.schema(list(schema) + [f for f in s.schema if f.name not in schema.names], metadata=schema.metadata)
-    parts = [_segment_table(s, schema) for s in opened if s.readable]
+    parts = [_with_run_id(_segment_table(s, schema), run_id) for s in opened if s.readable]
     rows_in = sum(p.num_rows for p in parts)
     source = ds.dataset(parts) if parts else ds.dataset(schema.empty_table())
-    existing = [int(p.name[5:10]) for p in rank_dir.glob("part-*.*") if p.name[5:10].isdigit()]
-    name = f"part-{max(existing, default=-1) + 1:05d}.parquet"
-    tmp = rank_dir / f".{name}.tmp"
-    key = [(k, "ascending") for k in SORT_KEYS[table]]
-    with pq.ParquetWriter(tmp, schema, compression=compression) as writer:
-        for expr in _chunks(source, table, chunk_rows):
-            chunk = source.to_table(filter=expr)
-            if chunk.num_rows:
-                writer.write_table(chunk.sort_by(key), row_group_size=row_group_rows)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    rows_out = pq.ParquetFile(tmp).metadata.num_rows
-    if rows_out != rows_in:
-        tmp.unlink()
-        raise TraceFormatError(f"{rank_dir}: compaction wrote {rows_out} rows but the segments hold {rows_in}; nothing was changed")
+    existing = [segment_index(p.name) for p in rank_dir.iterdir()]
+    name = f"part-{max((i for i in existing if i is not None), default=-1) + 1:05d}.parquet"
+    new_dir = rank_dir.parent / f".{rank_dir.name}.new-{secrets.token_hex(6)}"
+    new_dir.mkdir(mode=0o777)  # exclusive: fails if it exists; the umask applies
+    try:
+        out = new_dir / name
+        key = [(k, "ascending") for k in SORT_KEYS[table]]
+        with pq.ParquetWriter(out, schema, compression=compression) as writer:
+            for expr in _chunks(source, table, chunk_rows):
+                chunk = source.to_table(filter=expr)
+                if chunk.num_rows:
+                    writer.write_table(chunk.sort_by(key), row_group_size=row_group_rows)
+        with open(out, "rb+") as f:
+            os.fsync(f.fileno())
+        _fsync_dir(new_dir)
+        rows_out = pq.ParquetFile(out).metadata.num_rows
+        if rows_out != rows_in:
+            raise TraceFormatError(f"{rank_dir}: compaction wrote {rows_out} rows but the segments hold {rows_in}; nothing was changed")
+        bytes_after = out.stat().st_size
+    except BaseException:
+        shutil.rmtree(new_dir, ignore_errors=True)
+        raise
     replaced = [s.path.name for s in opened]
-    bytes_before = sum(s.path.stat().st_size for s in opened)
-    journal = rank_dir / JOURNAL
-    journal_tmp = rank_dir / f"{JOURNAL}.tmp"
-    journal_tmp.write_text(json.dumps({"output": name, "replaces": replaced}))
-    os.replace(journal_tmp, journal)
-    os.replace(tmp, rank_dir / name)
-    _fsync_dir(rank_dir)
-    for s in opened:
-        s.path.unlink()
-    journal.unlink()
-    _fsync_dir(rank_dir)
-    return PartitionResult(
-        table, rank, rows_out, replaced, str((rank_dir / name).relative_to(root)), bytes_before, (rank_dir / name).stat().st_size
-    )
+    bytes_before = sum(s.path.stat().st_size for s in opened if s.path.exists())
+    _switch(rank_dir, new_dir)
+    shutil.rmtree(new_dir)  # now the replaced segments
+    _fsync_dir(rank_dir.parent)
+    return PartitionResult(table, rank, rows_out, replaced, str((rank_dir / name).relative_to(root)), bytes_before, bytes_after)
+
+
+def _switch(current: Path, new: Path) -> None:
+    """Put ``new`` in place of ``current``, leaving the old content at ``new``: atomic where possible."""
+    if exchange_dirs(current, new):
+        return
+    old = current.parent / f".{current.name}.old-{secrets.token_hex(6)}"
+    os.replace(current, old)
+    os.replace(new, current)
+    os.replace(old, new)
+
+
+def exchange_dirs(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
+
+    Returns:
+        False where the operating system or the file system cannot (nothing was changed).
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange)
+    return rc == 0
+
+
+def _with_run_id(table: pa.Table, run_id: str | None) -> pa.Table:
+    """Fill a missing run_id (segments written before format 1.1) from the manifest."""
+    if run_id is None or "run_id" not in table.schema.names or table.column("run_id").null_count != table.num_rows or not table.num_rows:
+        return table
+    i = table.schema.get_field_index("run_id")
+    return table.set_column(i, table.schema.field(i), pa.array([run_id] * table.num_rows, pa.string()))
 
 
 def _segment_table(seg: Segment, schema: pa.Schema) -> pa.Table:

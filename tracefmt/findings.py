@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
+from ._conform import conform_table
 from .enums import Severity, coerce
 from .schema import FINDINGS
 
@@ -72,12 +72,25 @@ def worst_severity(findings: list[Finding]) -> Severity | None:
 
 
 def write_findings(trace_dir: str | Path, table: pa.Table, *, name: str = "findings") -> Path:
-    """Write a findings table into ``<trace>/findings/<name>.arrow`` (atomically)."""
+    """Write a findings table into ``<trace>/findings/<name>.parquet`` (hidden temporary, then renamed).
+
+    Every row gets the trace's ``run_id`` (when the manifest is readable), so findings of
+    many runs read as one table.
+    """
+    from .manifest import read_manifest
+    from .rolling import WriterOptions, write_closed
+
     out_dir = Path(trace_dir) / "findings"
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{name}.arrow.tmp"
-    with pa.OSFile(str(tmp), "wb") as f, ipc.new_file(f, FINDINGS.schema) as w:
-        w.write_table(table.cast(FINDINGS.schema))
-    path = out_dir / f"{name}.arrow"
-    tmp.replace(path)
+    table = conform_table(table, FINDINGS.schema, where="findings")
+    try:
+        run_id = str(read_manifest(Path(trace_dir)).get("run_id") or "") or None
+    except (OSError, ValueError):
+        run_id = None
+    if run_id is not None:
+        table = table.set_column(
+            table.schema.get_field_index("run_id"), FINDINGS.schema.field("run_id"), pa.array([run_id] * table.num_rows, pa.string())
+        )
+    path = write_closed(table, out_dir, f"{name}.parquet", WriterOptions())
+    (out_dir / f"{name}.arrow").unlink(missing_ok=True)  # the same analysis written before format 1.1
     return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -89,9 +89,22 @@ def read_manifest(trace_dir: Path) -> dict[str, Any]:
 
 
 def write_manifest(trace_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write ``manifest.json`` atomically (temporary file, fsync, rename)."""
+    """Write ``manifest.json`` atomically (temporary file, fsync, rename).
+
+    The file gets the mode of every other file of the trace (0666 less the umask), so
+    whoever can read the trace's tables can read its manifest.
+    """
     trace_dir = Path(trace_dir)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=trace_dir)
+    for _ in range(100):
+        tmp = trace_dir / f".manifest.{secrets.token_hex(8)}.tmp"
+        try:
+            # Exclusive and random, like mkstemp, but with the umask's mode, not 0600.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise OSError(f"{trace_dir}: cannot create a temporary manifest")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=False, default=str)

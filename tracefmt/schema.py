@@ -33,7 +33,7 @@ __all__ = [
 
 FORMAT_NAME = "tracefmt"
 #: The version this library writes; readers accept any 1.x (spec section 'Versioning').
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,17 @@ _SLOT = Column(
     False,
     "Which tensor of the node: output/input index ('0', '1', or a dict key) for activation/gradient/input; parameter name ('weight', 'bias', ...) for weight kinds; '' if the node has one.",
 )
+_RUN_ID = Column(
+    "run_id",
+    _STR,
+    True,
+    "The manifest's run_id, in every row so that a directory of many runs reads as one table (spec 'Lakes'); null in traces written before 1.2.",
+)
 _CALL = Column("call", _I32, False, "0-based index of the node's invocation within the step (modules called several times per forward).")
 
 NODES = TableDef(
     name="nodes",
-    location="nodes.arrow",
+    location="nodes.parquet",
     doc="The computation graph: one row per node. Edges are implied: A -> B wherever a tensor name in A.outputs appears in B.inputs.",
     key=("node_id",),
     columns=(
@@ -137,12 +143,13 @@ NODES = TableDef(
         Column("param_count", _I64, False, "Number of parameter elements owned directly by the node (not by its children).", "elements"),
         Column("order", _I32, True, "Execution order of the node's first invocation (0-based), null if it never ran."),
         Column("note", _STR, True, "Free text, e.g. why a node is opaque (an ONNX If/Loop whose inner tensors are not captured)."),
+        _RUN_ID,
     ),
 )
 
 RECORDS = TableDef(
     name="records",
-    location="records/rank=<R>/part-<NNNNN>.arrow",
+    location="records/rank-<R>/part-<NNNNN>.parquet",
     doc="Observations: one row per (step, phase, rank, node, kind, slot, call).",
     key=("step", "phase", "rank", "node_id", "kind", "slot", "call"),
     columns=(
@@ -185,12 +192,13 @@ RECORDS = TableDef(
         Column("mat_spectral", _F64, True, "2-D weights only: spectral norm (largest singular value).", "tensor units"),
         Column("mat_sv_mean", _F64, True, "2-D weights only: mean of the singular values.", "tensor units"),
         Column("mat_sv_var", _F64, True, "2-D weights only: population variance (ddof = 0) of the singular values.", "tensor units^2"),
+        _RUN_ID,
     ),
 )
 
 SCALARS = TableDef(
     name="scalars",
-    location="scalars/rank=<R>/part-<NNNNN>.arrow",
+    location="scalars/rank-<R>/part-<NNNNN>.parquet",
     doc="Named scalar series: loss, learning rate, accuracy, ...",
     key=("step", "phase", "rank", "name"),
     columns=(
@@ -201,12 +209,13 @@ SCALARS = TableDef(
         Column("name", _STR, False, "Series name, e.g. 'loss', 'lr', 'accuracy'."),
         Column("value", _F64, False, "The value (NaN and Inf allowed)."),
         Column("wall_time", _F64, True, "Seconds since the Unix epoch when the value was logged.", "s"),
+        _RUN_ID,
     ),
 )
 
 PREDICTIONS = TableDef(
     name="predictions",
-    location="predictions/rank=<R>/part-<NNNNN>.arrow",
+    location="predictions/rank-<R>/part-<NNNNN>.parquet",
     doc="Optional: per-sample labels and predicted classes, for confusion matrices.",
     columns=(
         _STEP,
@@ -215,12 +224,13 @@ PREDICTIONS = TableDef(
         _RANK,
         Column("y_true", _I64, False, "True class index."),
         Column("y_pred", _I64, False, "Predicted class index."),
+        _RUN_ID,
     ),
 )
 
 TENSORS = TableDef(
     name="tensors",
-    location="tensors/rank=<R>/<node_id>-<kind>-<call>-<slot>-<NNNNN>.arrow",
+    location="tensors/rank-<R>/<node_id>-<kind>-<call>-<slot>-<NNNNN>.arrow",
     doc=(
         "Optional raw values, for exact diffs of small runs. One file per observed tensor "
         "identity; each row is one step. The values column has the canonical extension type "
@@ -245,7 +255,7 @@ TENSORS = TableDef(
 
 FINDINGS = TableDef(
     name="findings",
-    location="findings/<analyzer>.arrow",
+    location="findings/<analyzer>.parquet",
     doc="Optional: results of analyzers, written back into the trace.",
     columns=(
         Column("analyzer", _STR, False, "Name of the analyzer that produced the finding."),
@@ -259,6 +269,7 @@ FINDINGS = TableDef(
         Column("value", _F64, True, "Measured value."),
         Column("threshold", _F64, True, "Threshold the value was compared with."),
         Column("message", _STR, False, "One human-readable sentence."),
+        _RUN_ID,
     ),
 )
 

@@ -1,12 +1,14 @@
-"""Segment files of the partitioned tables (spec 'Layout', 'Crash semantics').
+"""Segment files of the partitioned tables (spec 'Layout', 'Segments and crash semantics').
 
 A partitioned table (records, scalars, predictions, tensors) is a set of segment files
-under ``<table>/rank=<R>/``. A segment is an Arrow IPC *file* (``.arrow``: the IPC stream
-format framed by a magic string and closed by a footer), an Arrow IPC *stream*
-(``.arrows``) or Parquet (``.parquet``). A writer killed mid-segment leaves an IPC file
-without its footer; its body is still a valid IPC stream, so it is read as one up to the
-last complete record batch. This module finds segments and opens each one, complete or
-not, in one place for the reader, the validator and ``compact``.
+under ``<table>/rank-<R>/`` (``rank=<R>`` in traces written before format 1.1). A
+segment is Parquet (``.parquet``), an Arrow IPC *file* (``.arrow``: the IPC stream format
+framed by a magic string and closed by a footer) or an Arrow IPC *stream* (``.arrows``).
+A running writer appends to a hidden *open* segment ``.part-NNNNN.open.arrow`` that
+outside engines skip and tracefmt reads; a writer killed mid-segment leaves it without
+its footer; its body is still a valid IPC stream, so it is read as one up to the last
+complete record batch. This module names segments and finds and opens each one,
+complete or not, in one place for the reader, the validator and ``compact``.
 """
 
 from __future__ import annotations
@@ -21,14 +23,101 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-__all__ = ["Segment", "list_segments", "open_segment", "iter_batches", "replaced_by_journal", "PARTITIONED", "IPC_MAGIC", "JOURNAL"]
+__all__ = [
+    "Segment",
+    "list_segments",
+    "open_segment",
+    "iter_batches",
+    "replaced_by_journal",
+    "rank_dir_name",
+    "rank_of_dir",
+    "open_name",
+    "closed_name",
+    "segment_index",
+    "nodes_file",
+    "read_whole_file",
+    "table_files",
+    "PARTITIONED",
+    "IPC_MAGIC",
+    "JOURNAL",
+    "OPEN_RE",
+    "NODES_FILES",
+]
 
 #: Tables stored as partitioned segment directories.
 PARTITIONED = ("records", "scalars", "predictions", "tensors")
 IPC_MAGIC = b"ARROW1"
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
-_RANK_DIR = re.compile(r"^rank=(\d+)$")
+_RANK_DIR = re.compile(r"^rank[-=](0|[1-9]\d*)$")
 _SUFFIX_FORMAT = {".arrow": "file", ".arrows": "stream", ".parquet": "parquet"}
+#: An open segment of a running (or killed) writer: ``.part-NNNNN.open.arrow``.
+OPEN_RE = re.compile(r"^\.part-(\d{5,})\.open\.arrow$")
+_CLOSED_RE = re.compile(r"^part-(\d{5,})\.(?:arrow|arrows|parquet)$")
+#: The nodes table's file, in order of preference (``nodes.arrow`` before format 1.1).
+NODES_FILES = ("nodes.parquet", "nodes.arrow")
+
+
+def rank_dir_name(rank: int) -> str:
+    """The partition directory of ``rank``: ``rank-<R>`` (no ``=``: no engine takes it for a hive key)."""
+    return f"rank-{int(rank)}"
+
+
+def rank_of_dir(name: str) -> int | None:
+    """The rank of a partition directory name (``rank-R``, or ``rank=R`` of format 1.0), else None."""
+    m = _RANK_DIR.match(name)
+    return int(m.group(1)) if m else None
+
+
+def open_name(index: int) -> str:
+    """File name of the open segment number ``index``."""
+    return f".part-{index:05d}.open.arrow"
+
+
+def closed_name(index: int, segment_format: str) -> str:
+    """File name of the closed segment number ``index`` (``'parquet'`` or ``'arrow'``)."""
+    return f"part-{index:05d}.{'parquet' if segment_format == 'parquet' else 'arrow'}"
+
+
+def segment_index(name: str) -> int | None:
+    """The counter of a segment file name, open or closed, else None."""
+    m = OPEN_RE.match(name) or _CLOSED_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def read_whole_file(path: Path) -> pa.Table:
+    """Read a whole small table file: Parquet, IPC file or IPC stream (by content).
+
+    Raises:
+        pa.ArrowInvalid, OSError: the file is none of them.
+    """
+    if _head(path, 4) == b"PAR1":
+        return pq.read_table(path)
+    with pa.memory_map(str(path)) as source:
+        try:
+            return ipc.open_file(source).read_all()
+        except pa.ArrowInvalid:
+            source.seek(0)
+            return ipc.open_stream(source).read_all()
+
+
+def table_files(directory: Path) -> list[Path]:
+    """The visible ``.parquet``/``.arrow`` files of a whole-file table directory (findings), by name."""
+    if not Path(directory).is_dir():
+        return []
+    return sorted(
+        p for p in Path(directory).iterdir() if p.suffix in (".parquet", ".arrow") and not p.name.startswith((".", "_")) and p.is_file()
+    )
+
+
+def nodes_file(trace_dir: Path) -> Path | None:
+    """The trace's nodes file (``nodes.parquet``, or ``nodes.arrow`` of older traces), None if absent."""
+    for name in NODES_FILES:
+        p = Path(trace_dir) / name
+        if p.is_file():
+            return p
+    return None
+
+
 #: Compaction journal in a rank directory (spec 'Compaction'): while it exists and its
 #: output file exists, the segments it lists are superseded and MUST be ignored.
 JOURNAL = ".compact.json"
@@ -66,6 +155,8 @@ class Segment:
     #: False when the file is not a (possibly cut) segment at all: bad magic, not Parquet.
     #: A segment cut before its schema (a writer killed at once) is recoverable: no rows.
     recoverable: bool = True
+    #: True for a writer's open segment (hidden from outside engines, read by tracefmt).
+    open: bool = False
 
     @property
     def readable(self) -> bool:
@@ -80,16 +171,25 @@ def list_segments(trace_dir: Path, table: str, ranks: set[int] | None = None) ->
     if not root.is_dir():
         return out
     for rank_dir in sorted(root.iterdir()):
-        m = _RANK_DIR.match(rank_dir.name)
-        if not m or not rank_dir.is_dir():
+        rank = rank_of_dir(rank_dir.name)
+        if rank is None or not rank_dir.is_dir():
             continue
-        rank = int(m.group(1))
         if ranks is not None and rank not in ranks:
             continue
         superseded = replaced_by_journal(rank_dir)
-        for p in sorted(rank_dir.iterdir()):
+        # In segment order (an open segment is the newest of its rank), other names after.
+        entries = sorted(rank_dir.iterdir(), key=lambda p: (segment_index(p.name) is None, segment_index(p.name) or 0, p.name))
+        closed = {segment_index(p.name) for p in entries if not p.name.startswith(".")}
+        for p in entries:
             fmt = _SUFFIX_FORMAT.get(p.suffix)
-            if fmt and p.is_file() and not p.name.startswith(".") and p.name not in superseded:
+            if not fmt or not p.is_file():
+                continue
+            m = OPEN_RE.match(p.name)
+            if m:
+                # Published already (renamed, not yet removed): its rows are in the closed file.
+                if int(m.group(1)) not in closed:
+                    out.append(Segment(path=p, table=table, rank=rank, format="file", open=True))
+            elif not p.name.startswith(".") and p.name not in superseded:
                 out.append(Segment(path=p, table=table, rank=rank, format=fmt))
     return out
 
@@ -140,6 +240,12 @@ def open_segment(seg: Segment, *, load: bool = False) -> Segment:
         return seg
     try:
         source = pa.memory_map(str(seg.path))
+    except FileNotFoundError:
+        if seg.open:  # published and removed since it was listed: the closed file has the rows
+            seg.schema, seg.complete, seg.problem = None, False, "open segment published while reading"
+            return seg
+        seg.schema, seg.complete, seg.problem, seg.recoverable = None, False, "cannot open (no such file)", False
+        return seg
     except OSError as exc:
         seg.schema, seg.complete, seg.problem, seg.recoverable = None, False, f"cannot open ({exc})", False
         return seg

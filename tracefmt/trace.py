@@ -15,7 +15,7 @@ from ._conform import conform_table
 from .errors import TraceFormatError, TraceNotFoundError
 from .manifest import read_manifest
 from .schema import FINDINGS, NODES, TABLES
-from .segments import Segment, list_segments, open_segment
+from .segments import Segment, list_segments, nodes_file, open_segment, read_whole_file, table_files
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -97,18 +97,13 @@ class Trace:
     @cached_property
     def nodes(self) -> pa.Table:
         """The nodes table (sorted by node_id)."""
-        path = self.path / NODES.location
-        if not path.is_file():
+        path = nodes_file(self.path)
+        if path is None:
             raise TraceNotFoundError(f"{self.path}: missing {NODES.location}")
         try:
-            with pa.memory_map(str(path)) as source:
-                table = ipc.open_file(source).read_all()
-        except (pa.ArrowInvalid, OSError):
-            try:
-                with pa.memory_map(str(path)) as source:
-                    table = ipc.open_stream(source).read_all()
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise TraceFormatError(f"{path}: not an Arrow IPC file or stream ({exc})") from None
+            table = read_whole_file(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise TraceFormatError(f"{path}: not a Parquet file, Arrow IPC file or stream ({exc})") from None
         table = conform_table(table, _extended(NODES.schema, table.schema), where=str(path))
         return table.sort_by("node_id")
 
@@ -198,16 +193,15 @@ class Trace:
     @property
     def findings(self) -> pa.Table | None:
         """Findings written into the trace by ``tracefmt analyze --out``, or None."""
-        root = self.path / "findings"
-        files = sorted(root.glob("*.arrow")) if root.is_dir() else []
+        files = table_files(self.path / "findings")
         if not files:
             return None
-        return _ds().dataset([str(f) for f in files], format="arrow", schema=FINDINGS.schema).to_table()
+        return pa.concat_tables([conform_table(read_whole_file(f), FINDINGS.schema, where=str(f)) for f in files])
 
     def has(self, table: str) -> bool:
         """True if ``table`` is present with at least one segment (or file)."""
         if table == "nodes":
-            return (self.path / NODES.location).is_file()
+            return nodes_file(self.path) is not None
         if table == "findings":
             return self.findings is not None
         return bool(self.segments(table))

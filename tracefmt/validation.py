@@ -20,19 +20,29 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 
 from ._batch_checks import Issue, check_batch, check_schema
 from .enums import Severity
 from .errors import TraceFormatError, TraceNotFoundError
 from .manifest import MANIFEST, SUPPORTED_MAJOR
 from .schema import FINDINGS, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FIELDS, NODES, TABLES
-from .segments import PARTITIONED, Segment, iter_batches, list_segments, open_segment
+from .segments import (
+    NODES_FILES,
+    PARTITIONED,
+    Segment,
+    iter_batches,
+    list_segments,
+    nodes_file,
+    open_segment,
+    rank_of_dir,
+    read_whole_file,
+    table_files,
+)
 
 __all__ = ["Problem", "ValidationReport", "validate_trace"]
 
 # "dynamics" holds the training-dynamics tables of spec/DYNAMICS.md (section 19).
-_KNOWN_ENTRIES = {MANIFEST, NODES.location, "findings", "dynamics", *PARTITIONED}
+_KNOWN_ENTRIES = {MANIFEST, *NODES_FILES, "findings", "dynamics", *PARTITIONED}
 _JSON_TYPES = {"string": str, "boolean": bool, "object": dict, "integer": int}
 
 
@@ -311,33 +321,17 @@ def _has_rows_referencing_nodes(root: Path) -> bool:
     return any(list_segments(root, t) for t in ("records", "tensors"))
 
 
-def _read_ipc(path: Path) -> pa.Table:
-    """Read a whole IPC file (or stream); raise pa.ArrowInvalid/OSError if neither."""
-    with pa.memory_map(str(path)) as source:
-        try:
-            return ipc.open_file(source).read_all()
-        except pa.ArrowInvalid:
-            source.seek(0)
-            return ipc.open_stream(source).read_all()
-
-
 def _check_nodes(root: Path, out: _Collector, report: ValidationReport, *, required: bool) -> set[int] | None:
-    """Check nodes.arrow; return the set of node ids (None when there is no usable nodes table)."""
-    path = root / NODES.location
-    if not path.is_file():
+    """Check the nodes table; return the set of node ids (None when there is no usable nodes table)."""
+    path = nodes_file(root)
+    if path is None:
         if required:
-            out.add(
-                Severity.ERROR,
-                "missing-table",
-                f"{NODES.location} is required when records or tensors exist",
-                table="nodes",
-                file=NODES.location,
-            )
+            out.add(Severity.ERROR, "missing-table", f"a nodes table ({' or '.join(NODES_FILES)}) is required when records or tensors exist", table="nodes", file=NODES.location)
         return None
     try:
-        table = _read_ipc(path)
+        table = read_whole_file(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        out.add(Severity.ERROR, "unreadable", f"not an Arrow IPC file or stream ({exc})", table="nodes", file=path)
+        out.add(Severity.ERROR, "unreadable", f"not a Parquet file, Arrow IPC file or stream ({exc})", table="nodes", file=path)
         return None
     report.rows_checked["nodes"] = table.num_rows
     _check_whole_table(NODES, table, out, path)
@@ -390,18 +384,12 @@ def _check_partitioned(
     tdef = TABLES[name]
     table_dir = root / name
     if table_dir.exists() and not table_dir.is_dir():
-        out.add(Severity.ERROR, "bad-layout", f"'{name}' must be a directory of rank=<R> partitions", table=name, file=table_dir)
+        out.add(Severity.ERROR, "bad-layout", f"'{name}' must be a directory of rank-<R> partitions", table=name, file=table_dir)
         return
     if table_dir.is_dir():
         for entry in sorted(table_dir.iterdir()):
-            if not entry.name.startswith(".") and not (entry.is_dir() and entry.name.startswith("rank=") and entry.name[5:].isdigit()):
-                out.add(
-                    Severity.WARNING,
-                    "bad-layout",
-                    f"'{entry.name}' is not a rank=<R> partition directory (ignored by readers)",
-                    table=name,
-                    file=entry,
-                )
+            if not entry.name.startswith(".") and not (entry.is_dir() and rank_of_dir(entry.name) is not None):
+                out.add(Severity.WARNING, "bad-layout", f"'{entry.name}' is not a rank-<R> partition directory (ignored by readers)", table=name, file=entry)
     rows = 0
     for seg in list_segments(root, name):
         open_segment(seg)
@@ -493,11 +481,11 @@ def _check_findings(root: Path, out: _Collector, report: ValidationReport) -> No
     if not fdir.is_dir():
         return
     rows = 0
-    for path in sorted(fdir.glob("*.arrow")):
+    for path in table_files(fdir):
         try:
-            table = _read_ipc(path)
+            table = read_whole_file(path)
         except (pa.ArrowInvalid, OSError) as exc:
-            out.add(Severity.ERROR, "unreadable", f"not an Arrow IPC file ({exc})", table="findings", file=path)
+            out.add(Severity.ERROR, "unreadable", f"not a Parquet or Arrow IPC file ({exc})", table="findings", file=path)
             continue
         rows += _check_whole_table(FINDINGS, table, out, path)
     report.rows_checked["findings"] = rows

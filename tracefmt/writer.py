@@ -13,15 +13,18 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from ._conform import to_batch
-from .errors import UsageError
+from .errors import TraceError, UsageError
 from .manifest import MANIFEST, new_manifest, read_manifest, write_manifest
-from .schema import NODES, PREDICTIONS, RECORDS, SCALARS, TABLES, TENSORS, TableDef
+from .rolling import RollingSink, WriterOptions, recover_open_segments, write_closed
+from .schema import NODES, PREDICTIONS, RECORDS, SCALARS, TABLES, TENSORS
+from .segments import NODES_FILES, rank_dir_name
 
-__all__ = ["TraceWriter"]
+__all__ = ["TraceWriter", "WriterOptions"]
 
 _SEGMENT_TABLES = (RECORDS, SCALARS, PREDICTIONS)
 
 
+<<<<<<< HEAD
 class _SegmentSink:
     """Buffered appends to one partitioned table of one rank, rolled into segments."""
 
@@ -77,15 +80,25 @@ class _SegmentSink:
             self._writer = self._file = None
 
 
+=======
+>>>>>>> 90fa67b (writer: closed segments are Parquet (rolled by time, steps or size from a hidden open IPC segment, renamed when complete); rank-<R> partitions and a run_id column (no hive key duplicated in files); nodes.parquet; compaction switches directories atomically; manifest mode from the umask (issue 14))
 class TraceWriter:
     """Write one rank's part of a trace: nodes, records, scalars, predictions, raw tensors.
 
-    Rows are buffered per table and written as Arrow record batches to IPC segment files
-    ``<table>/rank=<R>/part-NNNNN.arrow``; a segment is closed (footer written) and a new
-    one started once it reaches ``segment_bytes``. Buffers are flushed when they reach
+    Rows are buffered per table and written as Arrow record batches to a hidden open
+    segment ``<table>/rank-<R>/.part-NNNNN.open.arrow`` (crash-safe: a killed writer
+    leaves every written batch readable by tracefmt). The open segment is rolled by age,
+    steps or size (:class:`WriterOptions`) into a closed segment ``part-NNNNN.parquet``,
+    written under a hidden name and renamed, so outside engines see a live run within
+    ``roll_seconds`` and never a partial file. Buffers are flushed when they reach
     ``batch_rows`` rows, every ``flush_interval`` seconds from a background timer, and on
     :meth:`close`. All methods are thread-safe. Rank 0 owns ``manifest.json`` (written
-    atomically at open and on close) and ``nodes.arrow``.
+    atomically at open and on close) and ``nodes.parquet``. Every row carries the run's
+    ``run_id`` so that many traces read as one table (spec 'Lakes').
+
+    Storage: a local POSIX directory (or a mounted one with atomic rename). To put a run
+    on object storage, write it locally and upload the closed segments (files not starting
+    with ``.``) as they appear; readers accept ``s3://``, ``gs://`` and ``file://`` URIs.
 
     Args:
         path: The trace directory; created if missing.
@@ -97,10 +110,12 @@ class TraceWriter:
         producer: Producer description merged into the manifest.
         model: Model name for the manifest.
         metadata: Free-form JSON-serialisable metadata.
-        segment_bytes: Roll segments at this size. Defaults to 64 MiB.
-        batch_rows: Flush a table's buffer at this many rows. Defaults to 16384.
-        flush_interval: Seconds between background flushes; 0 disables. Defaults to 2.0.
-        compression: IPC buffer compression, ``None``, ``'lz4'`` or ``'zstd'``. Defaults to None.
+        options: Batching, rolling and encoding of segments. Defaults to
+            ``WriterOptions()`` (roll every 5 s or 32 MiB, Parquet).
+        segment_bytes: Overrides ``options.roll_bytes``.
+        batch_rows: Overrides ``options.batch_rows``.
+        flush_interval: Overrides ``options.flush_interval``.
+        compression: Overrides ``options.compression``.
     """
 
     def __init__(
@@ -114,11 +129,16 @@ class TraceWriter:
         producer: dict[str, Any] | None = None,
         model: str | None = None,
         metadata: dict[str, Any] | None = None,
-        segment_bytes: int = 64 << 20,
-        batch_rows: int = 16384,
-        flush_interval: float = 2.0,
+        options: WriterOptions | None = None,
+        segment_bytes: int | None = None,
+        batch_rows: int | None = None,
+        flush_interval: float | None = None,
         compression: str | None = None,
     ) -> None:
+        opts = (options or WriterOptions()).with_overrides(
+            roll_bytes=segment_bytes, batch_rows=batch_rows, flush_interval=flush_interval, compression=compression
+        )
+        self.options = opts
         self.path = Path(path)
         self.rank = int(rank)
         if mode not in ("create", "overwrite", "append"):
@@ -142,16 +162,18 @@ class TraceWriter:
             write_manifest(self.path, self.manifest)
         else:
             self.manifest = {}
-        options = ipc.IpcWriteOptions(compression=compression)
-        self._sinks = {
-            t.name: _SegmentSink(self.path, t, self.rank, segment_bytes=segment_bytes, batch_rows=batch_rows, options=options)
-            for t in _SEGMENT_TABLES
-        }
+        self.run_id = self.manifest.get("run_id") or run_id or _run_id_on_disk(self.path)
+        if mode == "append":
+            # A killed writer's open segments become closed ones, so engines see their rows.
+            for t in _SEGMENT_TABLES:
+                recover_open_segments(self.path, t.name, opts, ranks={self.rank})
+        self._sinks = {t.name: RollingSink(self.path, t, self.rank, run_id=self.run_id, options=opts) for t in _SEGMENT_TABLES}
         self._tensor_files: dict[tuple, tuple[pa.NativeFile, ipc.RecordBatchFileWriter, pa.Schema]] = {}
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
-        if flush_interval > 0:
-            self._timer = threading.Thread(target=self._flush_loop, args=(flush_interval,), name="tracefmt-flush", daemon=True)
+        if opts.flush_interval > 0:
+            interval = min(opts.flush_interval, opts.roll_seconds or opts.flush_interval)
+            self._timer = threading.Thread(target=self._flush_loop, args=(interval,), name="tracefmt-flush", daemon=True)
             self._timer.start()
 
     # -- context manager ---------------------------------------------------------------
@@ -163,21 +185,25 @@ class TraceWriter:
 
     # -- writing -----------------------------------------------------------------------
     def write_nodes(self, nodes: Any) -> None:
-        """Write (or replace) ``nodes.arrow`` atomically. Only rank 0 writes nodes.
+        """Write (or replace) ``nodes.parquet`` atomically. Only rank 0 writes nodes.
 
         Args:
             nodes: Rows of the nodes table (RecordBatch, Table, column mapping or row dicts).
         """
-        table = to_batch(NODES, nodes)
+        batch = to_batch(NODES, nodes)
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
         ids = table.column("node_id").to_numpy()
         if len(np.unique(ids)) != len(ids):
             raise UsageError("nodes: column 'node_id' must be unique")
         if self.rank != 0:
             return
-        tmp = self.path / ".nodes.arrow.tmp"
-        with pa.OSFile(str(tmp), "wb") as f, ipc.new_file(f, NODES.schema) as w:
-            w.write_table(table)
-        tmp.replace(self.path / NODES.location)
+        if self.run_id is not None:
+            table = table.set_column(
+                table.schema.get_field_index("run_id"), NODES.schema.field("run_id"), pa.array([self.run_id] * table.num_rows, pa.string())
+            )
+        write_closed(table, self.path, NODES.location, self.options)
+        for older in NODES_FILES[1:]:  # an appended trace of format 1.0: one nodes file only
+            (self.path / older).unlink(missing_ok=True)
 
     def append(self, table: str, data: Any) -> None:
         """Append rows to a partitioned table: ``'records'``, ``'scalars'`` or ``'predictions'``.
@@ -244,7 +270,7 @@ class TraceWriter:
             if entry is None:
                 tensor_type = pa.fixed_shape_tensor(value_type, list(shape) if shape else [1])
                 schema = pa.schema([f if f.name != "values" else pa.field("values", tensor_type, nullable=False) for f in TENSORS.schema])
-                d = self.path / "tensors" / f"rank={self.rank}"
+                d = self.path / "tensors" / rank_dir_name(self.rank)
                 d.mkdir(parents=True, exist_ok=True)
                 safe_slot = "".join(ch if ch.isalnum() else "_" for ch in str(slot)) or "_"
                 stem = f"{node_id}-{kind}-{call}-{safe_slot}"
@@ -309,8 +335,7 @@ class TraceWriter:
                 return
             self._stop.set()
             for sink in self._sinks.values():
-                sink.flush()
-                sink.close_segment()
+                sink.close()
             for f, w, _ in self._tensor_files.values():
                 w.close()
                 f.close()
@@ -321,3 +346,11 @@ class TraceWriter:
                 write_manifest(self.path, self.manifest)
         if self._timer is not None and self._timer is not threading.current_thread():
             self._timer.join(timeout=5)
+
+
+def _run_id_on_disk(path: Path) -> str | None:
+    """The run_id of an existing manifest (a rank > 0 opening after rank 0), else None."""
+    try:
+        return str(read_manifest(path).get("run_id") or "") or None
+    except (OSError, TraceError):
+        return None

@@ -400,12 +400,22 @@ def _check_types(seg: Segment, tdef: Any) -> None:
                 raise TraceFormatError(f"{seg.path}: table '{tdef.name}' column '{f.name}' has type {f.type}, expected {want}")
 
 
-def open(path: str | Path) -> Trace:  # noqa: A001 - mirrors pyarrow.dataset.dataset / builtins style
-    """Open a trace directory for reading.
+def open(path: str | Path, *, run: str | None = None) -> Trace:  # noqa: A001 - mirrors pyarrow.dataset.dataset / builtins style
+    """Open a trace directory for reading, or one run of a lake (a directory of traces).
+
+    Args:
+        path: A trace directory, or a lake (spec 'Lakes').
+        run: In a lake, the run_id (or directory name) of the run to open; a lake of one
+            run needs none.
 
     Raises:
-        TraceNotFoundError: ``path`` is not a trace directory.
+        TraceNotFoundError: ``path`` is neither a trace directory nor a lake.
         TraceFormatError: the manifest is invalid.
         UnsupportedVersionError: the trace's major version is unknown to this reader.
+        UsageError: ``run`` is unknown in the lake, or needed and missing.
     """
+    from .lake import is_lake, select_run
+
+    if is_lake(path):
+        return Trace(select_run(path, run))
     return Trace(path)

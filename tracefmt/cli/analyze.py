@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "analyzers run on each and multi-run analyzers on all together."
         ),
     )
-    p.add_argument("traces", metavar="TRACE", nargs="+", help="trace directories")
+    p.add_argument("traces", metavar="TRACE", nargs="+", help="trace directories, or lakes (directories of traces)")
+    p.add_argument("--run", action="append", default=None, metavar="RUN_ID", help="in a lake, analyze only this run (repeatable; default: every run)")
     p.add_argument("--only", metavar="A,B", help="run only these analyzers (comma-separated); default: all registered")
     p.add_argument(
         "--set",
@@ -48,6 +49,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--write", action="store_true", help="also store the findings inside each trace (findings/<analyzer>.arrow)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal)")
     p.set_defaults(run=run)
+
+
+def _selected(paths: list[str], runs: list[str] | None) -> list[str]:
+    """Trace directories: each lake expands to its selected runs (all when none is selected)."""
+    from ..lake import is_lake, lake_runs, select_run
+
+    out: list[str] = []
+    for path in paths:
+        if is_lake(path):
+            out += [str(select_run(path, r)) for r in runs] if runs else [str(d) for d in lake_runs(path).values()]
+        else:
+            out.append(path)
+    return out
 
 
 def _settings(items: list[str]) -> dict[str, str]:
@@ -85,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.figure_format.split(",") if f.strip()]
     bar, callback = _progress(not args.no_progress)
     try:
-        report = run_analyzers(args.traces, names=args.only, params=_settings(args.settings), progress=callback)
+        report = run_analyzers(_selected(args.traces, args.run), names=args.only, params=_settings(args.settings), progress=callback)
     finally:
         if bar is not None:
             bar.close()

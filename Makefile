@@ -16,6 +16,7 @@ setup: system-deps $(STAMP)
 system-deps:
 	@command -v cc >/dev/null 2>&1 || { echo "installing gcc (tracefmt's statistics kernel is compiled at install)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gcc >/dev/null; }
 	@command -v dot >/dev/null 2>&1 || { echo "installing graphviz (dot)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq graphviz >/dev/null; }
+	@command -v java >/dev/null 2>&1 || { echo "installing a Java runtime (Spark engine tests)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq default-jre-headless >/dev/null; }
 	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (report tests)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null || echo "chromium not installed: browser tests will be skipped"; }
 
 $(STAMP): pyproject.toml

@@ -182,7 +182,7 @@ def test_open_and_cli_select_a_run_of_the_lake(lake, capsys):
     assert tracefmt.open(lake, run="healthy.trace").run_id == "healthy"
     with pytest.raises(tracefmt.UsageError, match="no run 'nope'"):
         tracefmt.open(lake, run="nope")
-    assert main(["analyze", str(lake), "--run", "dead", "--only", "dead", "--format", "json"]) == 0
+    assert main(["analyze", str(lake), "--run", "dead", "--only", "dead", "--format", "json"]) == 1  # the dead layer is an error finding
     out = capsys.readouterr().out
     assert "dead.trace" in out and "healthy.trace" not in out
 
@@ -206,7 +206,7 @@ def test_a_live_run_is_visible_to_polars_and_duckdb_within_the_roll_interval(tmp
                 if files:
                     if seen_pl is None and pl.scan_parquet(glob).select(pl.col("step").max()).collect().item() == step:
                         seen_pl = time.monotonic() - t0
-                    if seen_db is None and duckdb.sql(f"SELECT MAX(step) FROM read_parquet('{glob}')").fetchone()[0] == step:
+                    if seen_db is None and duckdb.sql(f"SELECT MAX(step) FROM read_parquet('{glob}')").fetchall()[0][0] == step:
                         seen_db = time.monotonic() - t0
                 time.sleep(0.05)
             # Visible after about one roll interval (a loaded machine may add scheduling delay; no timing bound here).
@@ -216,4 +216,4 @@ def test_a_live_run_is_visible_to_polars_and_duckdb_within_the_roll_interval(tmp
         assert ns["steps_so_far"](str(path)) == 2
     finally:
         w.close()
-    assert duckdb.sql(f"SELECT COUNT(*) FROM read_parquet('{path}/records/*/*.parquet')").fetchone()[0] == 3
+    assert duckdb.sql(f"SELECT COUNT(*) FROM read_parquet('{path}/records/*/*.parquet')").fetchall()[0][0] == 3

@@ -12,7 +12,7 @@ from tracefmt.enums import Kind, Phase, coerce
 from tracefmt.errors import UsageError
 from tracefmt.histogram import DEFAULT_BINNING, Binning
 from tracefmt.stats import channel_stats, dtype_name, tensor_stats
-from tracefmt.writer import TraceWriter
+from tracefmt.writer import TraceWriter, WriterOptions
 
 from .chunks import Chunk, chunk_model, estimate_sizes, plan_chunks, type_proto
 from .graph import GraphInfo, load_graph
@@ -101,6 +101,7 @@ def trace_onnx(
     start_step: int = 0,
     mode: str = "create",
     model_name: str | None = None,
+    writer_options: WriterOptions | None = None,
 ) -> Path:
     """Run an ONNX model with ONNX Runtime and record every intermediate tensor as a trace.
 
@@ -139,6 +140,8 @@ def trace_onnx(
         start_step: Step number of the first feed. Defaults to 0.
         mode: Writer mode: 'create', 'overwrite' or 'append'. Defaults to 'create'.
         model_name: Model name for the manifest. Defaults to the file's stem or graph name.
+        writer_options: How the trace's segments are rolled and encoded
+            (:class:`tracefmt.WriterOptions`). Defaults to ``WriterOptions()``.
 
     Returns:
         The trace directory.
@@ -154,6 +157,7 @@ def trace_onnx(
     writer = TraceWriter(
         path,
         mode=mode,
+        options=writer_options,
         producer={
             "adapter": ADAPTER_NAME,
             "framework": "onnxruntime",

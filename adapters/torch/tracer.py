@@ -14,7 +14,7 @@ from torch import nn
 from tracefmt.enums import Kind, Phase, coerce
 from tracefmt.errors import UsageError
 from tracefmt.histogram import DEFAULT_BINNING, Binning
-from tracefmt.writer import TraceWriter
+from tracefmt.writer import TraceWriter, WriterOptions
 
 from .background import BackgroundWriter
 from .device_stats import StatKernel
@@ -85,6 +85,10 @@ class TorchTracer:
         model_name: Model name for the manifest. Defaults to the model's class name.
         metadata: Free-form JSON metadata for the manifest.
         mode: Writer mode: 'create', 'overwrite' or 'append'. Defaults to 'create'.
+        writer_options: How the trace's segments are rolled and encoded
+            (:class:`tracefmt.WriterOptions`: ``roll_seconds``, ``roll_steps``,
+            ``roll_bytes``, ``flush_interval``, ``segment_format``). Defaults to
+            ``WriterOptions()``: outside engines see the run within 5 s.
         rank: This process's rank. Defaults to torch.distributed's, else 0.
         world_size: Number of ranks. Defaults to torch.distributed's, else 1.
         tensorboard: A TensorBoard log directory that mirrors the records and scalars live
@@ -119,6 +123,7 @@ class TorchTracer:
         model_name: str | None = None,
         metadata: dict[str, Any] | None = None,
         mode: str = "create",
+        writer_options: WriterOptions | None = None,
         rank: int | None = None,
         world_size: int | None = None,
         tensorboard: str | Path | None = None,
@@ -157,7 +162,7 @@ class TorchTracer:
         self._raw = as_patterns(raw)
         self.optimizer = optimizer
         self._phase = coerce(Phase, phase, what="phase")
-        self._writer_opts = {"run_id": run_id, "model": model_name or type(model).__name__, "metadata": metadata, "mode": mode}
+        self._writer_opts = {"run_id": run_id, "model": model_name or type(model).__name__, "metadata": metadata, "mode": mode, "options": writer_options}
         self._rank_opt, self._world_opt = rank, world_size
         self.epoch: int | None = None
         self.step_count = 0

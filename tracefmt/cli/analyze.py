@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("traces", metavar="TRACE", nargs="+", help="trace directories, or lakes (directories of traces)")
-    p.add_argument("--run", action="append", default=None, metavar="RUN_ID", help="in a lake, analyze only this run (repeatable; default: every run)")
+    p.add_argument("--run", action="append", default=None, dest="runs", metavar="RUN_ID", help="in a lake, analyze only this run (repeatable; default: every run)")
     p.add_argument("--only", metavar="A,B", help="run only these analyzers (comma-separated); default: all registered")
     p.add_argument(
         "--set",
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.figure_format.split(",") if f.strip()]
     bar, callback = _progress(not args.no_progress)
     try:
-        report = run_analyzers(_selected(args.traces, args.run), names=args.only, params=_settings(args.settings), progress=callback)
+        report = run_analyzers(_selected(args.traces, args.runs), names=args.only, params=_settings(args.settings), progress=callback)
     finally:
         if bar is not None:
             bar.close()

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("trace", metavar="TRACE", help="trace directory, or a lake (directory of traces) with --run")
-    p.add_argument("--run", default=None, metavar="RUN_ID", help="the run to report on when TRACE is a lake")
+    p.add_argument("--run", default=None, dest="run_id", metavar="RUN_ID", help="the run to report on when TRACE is a lake")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the HTML file to write")
     p.add_argument("--compare", metavar="TRACE2", default=None, help="also diff against TRACE2 and show the divergence")
     p.add_argument("--only", default=None, metavar="A,B", help="run only these analyzers (comma-separated)")
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from tracefmt.lake import is_lake, select_run
 
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
-    trace = str(select_run(args.trace, args.run)) if is_lake(args.trace) else args.trace
+    trace = str(select_run(args.trace, args.run_id)) if is_lake(args.trace) else args.trace
     info = write_report(trace, args.output, compare=args.compare, analyzers=only, depth=args.depth, title=args.title)
     sev = info.findings.column("severity").to_pylist()
     counts = ", ".join(f"{sev.count(s)} {s}" for s in ("error", "warning", "info"))

@@ -24,64 +24,6 @@ __all__ = ["TraceWriter", "WriterOptions"]
 _SEGMENT_TABLES = (RECORDS, SCALARS, PREDICTIONS)
 
 
-<<<<<<< HEAD
-class _SegmentSink:
-    """Buffered appends to one partitioned table of one rank, rolled into segments."""
-
-    def __init__(self, root: Path, table: TableDef, rank: int, *, segment_bytes: int, batch_rows: int, options: ipc.IpcWriteOptions):
-        self.dir = root / table.name / f"rank={rank}"
-        self.table = table
-        self.segment_bytes = segment_bytes
-        self.batch_rows = batch_rows
-        self.options = options
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
-        self.rows_written = 0
-        self._file: pa.NativeFile | None = None
-        self._writer: ipc.RecordBatchFileWriter | None = None
-        existing = (
-            [int(p.stem.split("-")[1]) for p in self.dir.glob("part-*.*") if p.stem.split("-")[1].isdigit()] if self.dir.is_dir() else []
-        )
-        self._next_index = max(existing, default=-1) + 1
-
-    def add(self, batch: pa.Table) -> bool:
-        """Buffer ``batch``; return True when the buffer is full and should be flushed."""
-        self.pending.append(batch)
-        self.pending_rows += batch.num_rows
-        return self.pending_rows >= self.batch_rows
-
-    def flush(self) -> None:
-        """Write buffered rows as one record batch and make them visible on disk."""
-        if not self.pending_rows:
-            self.pending.clear()
-            return
-        data = pa.concat_tables(self.pending).combine_chunks()
-        self.pending.clear()
-        self.pending_rows = 0
-        if self._writer is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            path = self.dir / f"part-{self._next_index:05d}.arrow"
-            self._next_index += 1
-            # OSFile is unbuffered: every batch reaches the OS as it is written, so a
-            # killed process leaves every completed batch readable.
-            self._file = pa.OSFile(str(path), "wb")
-            self._writer = ipc.new_file(self._file, self.table.schema, options=self.options)
-        for b in data.to_batches():
-            self._writer.write_batch(b)
-        self.rows_written += data.num_rows
-        if self._file.tell() >= self.segment_bytes:
-            self.close_segment()
-
-    def close_segment(self) -> None:
-        """Finish the current segment (writes the IPC footer)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._file.close()
-            self._writer = self._file = None
-
-
-=======
->>>>>>> 90fa67b (writer: closed segments are Parquet (rolled by time, steps or size from a hidden open IPC segment, renamed when complete); rank-<R> partitions and a run_id column (no hive key duplicated in files); nodes.parquet; compaction switches directories atomically; manifest mode from the umask (issue 14))
 class TraceWriter:
     """Write one rank's part of a trace: nodes, records, scalars, predictions, raw tensors.
 

@@ -236,6 +236,33 @@ def build_truncated(root: Path) -> None:
     seg.write_bytes(data[: body_end - 40])  # ... and the tail of the last batch
 
 
+def build_rolled_live(root: Path) -> None:
+    """Format 1.2: rank-<R> partitions, closed Parquet segments with run_id, and a live writer's open segment.
+
+    The open segment's rows (hidden name, no footer yet) are read by tracefmt; a stale open
+    segment whose closed segment exists (published, not yet removed) is ignored.
+    """
+    man = manifest(format_version="1.2", complete=False)
+    write_trace(root, man=man)
+    nodes = table(NODES, NODE_ROWS)
+    pq.write_table(nodes.append_column("run_id", pa.array([man["run_id"]] * nodes.num_rows)), root / "nodes.parquet")
+    recs = table(RECORDS, record_rows())
+    recs = recs.append_column("run_id", pa.array([man["run_id"]] * recs.num_rows))
+    part = root / "records" / "rank-0"
+    part.mkdir(parents=True)
+    pq.write_table(recs.slice(0, 5), part / "part-00000.parquet")
+    write_ipc_file(part / ".part-00000.open.arrow", recs.slice(0, 5))  # published already: ignored
+    pq.write_table(recs.slice(5, 5), part / "part-00001.parquet")
+    seg = part / ".part-00002.open.arrow"
+    write_ipc_file(seg, recs.slice(10), batch_rows=5)
+    data = seg.read_bytes()
+    footer_len = int.from_bytes(data[-10:-6], "little")
+    seg.write_bytes(data[: len(data) - 10 - footer_len - 8])  # still open: no footer yet
+    sc = table(SCALARS, scalar_rows())
+    (root / "scalars" / "rank-0").mkdir(parents=True)
+    pq.write_table(sc.append_column("run_id", pa.array([man["run_id"]] * sc.num_rows)), root / "scalars" / "rank-0" / "part-00000.parquet")
+
+
 def build_unreadable_segment(root: Path) -> None:
     write_trace(root, **base())
     (root / "records" / "rank=0" / "part-00001.arrow").write_bytes(b"this is not an arrow file")
@@ -263,6 +290,9 @@ def generate() -> None:
     case("invalid_bad_op_class", "invalid", "a node has op_class 'relu' (an op_type, not a value of the OpClass enumeration)",
          codes=["bad-enum"], mentions=["relu"], build=lambda p: write_trace(p, **base(man=manifest(format_version="1.1"),
                                                                                       nodes=nodes_with_op_class(["container", "linear", "relu", "linear"]))))  # fmt: skip
+    case("valid_rolled_live", "valid", "format 1.2: rank-<R> partitions, rolled Parquet segments with run_id, a live writer's open segment",
+         codes=["truncated-segment", "incomplete"], mentions=["footer", "complete"], readable_rows={"records": 15, "scalars": 3},
+         build=build_rolled_live)  # fmt: skip
     case("invalid_missing_column", "invalid", "records lack the required column 'kind'",
          codes=["missing-column"], mentions=["kind"], build=lambda p: write_trace(p, **base(records=recs.drop_columns(["kind"]))))  # fmt: skip
     case("invalid_wrong_type", "invalid", "records.step is int32 instead of int64",

@@ -91,6 +91,7 @@ def compact_trace(
     compression: str = "zstd",
     chunk_rows: int = 2_000_000,
     row_group_rows: int = 262_144,
+    filesystem: Any = None,
 ) -> CompactionResult:
     """Rewrite each rank's segments of ``tables`` to one sorted Parquet file, losslessly.
 
@@ -103,6 +104,9 @@ def compact_trace(
         chunk_rows: Rows sorted in memory at once; records are sorted in node_id ranges of
             about this many rows, which bounds memory. Defaults to 2,000,000.
         row_group_rows: Parquet row-group size. Defaults to 262,144.
+        filesystem: A pyarrow or fsspec filesystem holding ``path`` (or give a URI). On
+            object storage the new files are uploaded before the replaced ones are
+            deleted: not atomic for outside engines (see :func:`tracefmt.storage.publish_compaction`).
 
     Returns:
         A :class:`CompactionResult` listing each partition rewritten.
@@ -111,7 +115,9 @@ def compact_trace(
         UsageError: an unknown table, or an open writer without ``force``.
         TraceFormatError: a segment is unreadable, or the rewritten row count differs.
     """
-    root = Path(path)
+    from .storage import is_remote, localize, publish_compaction
+
+    root = localize(path, filesystem=filesystem)
     manifest = read_manifest(root)
     for t in tables:
         if t not in SORT_KEYS:
@@ -133,6 +139,8 @@ def compact_trace(
                 continue
             result.partitions.append(_compact_partition(root, table, rank, segs, compression=compression, run_id=run_id,
                                                         chunk_rows=chunk_rows, row_group_rows=row_group_rows))  # fmt: skip
+    if is_remote(path, filesystem) and result.partitions:
+        publish_compaction(root, path, filesystem=filesystem)
     return result
 
 

@@ -400,13 +400,16 @@ def _check_types(seg: Segment, tdef: Any) -> None:
                 raise TraceFormatError(f"{seg.path}: table '{tdef.name}' column '{f.name}' has type {f.type}, expected {want}")
 
 
-def open(path: str | Path, *, run: str | None = None) -> Trace:  # noqa: A001 - mirrors pyarrow.dataset.dataset / builtins style
+def open(path: str | Path, *, run: str | None = None, filesystem: Any = None) -> Trace:  # noqa: A001 - mirrors pyarrow.dataset.dataset / builtins style
     """Open a trace directory for reading, or one run of a lake (a directory of traces).
 
     Args:
-        path: A trace directory, or a lake (spec 'Lakes').
+        path: A trace directory or a lake (spec 'Lakes'): a local path, or a URI
+            (``s3://``, ``gs://``, ``file://``; see :mod:`tracefmt.storage`).
         run: In a lake, the run_id (or directory name) of the run to open; a lake of one
             run needs none.
+        filesystem: A :class:`pyarrow.fs.FileSystem` or fsspec filesystem holding
+            ``path``. Defaults to the one the URI names (local for a plain path).
 
     Raises:
         TraceNotFoundError: ``path`` is neither a trace directory nor a lake.
@@ -415,7 +418,9 @@ def open(path: str | Path, *, run: str | None = None) -> Trace:  # noqa: A001 - 
         UsageError: ``run`` is unknown in the lake, or needed and missing.
     """
     from .lake import is_lake, select_run
+    from .storage import localize
 
-    if is_lake(path):
-        return Trace(select_run(path, run))
-    return Trace(path)
+    local = localize(path, filesystem=filesystem)
+    if is_lake(local):
+        return Trace(select_run(local, run))
+    return Trace(local)

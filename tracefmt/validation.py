@@ -181,12 +181,13 @@ class _Collector:
         return self.problems
 
 
-def validate_trace(path: str | Path, *, tables: Iterable[str] | None = None) -> ValidationReport:
+def validate_trace(path: str | Path, *, tables: Iterable[str] | None = None, filesystem: Any = None) -> ValidationReport:
     """Check the trace at ``path`` against the spec and report every problem.
 
     Args:
-        path: The trace directory.
+        path: The trace directory, or its URI (``s3://``, ``gs://``, ``file://``).
         tables: Check only these tables (the manifest is always checked). Defaults to all.
+        filesystem: A pyarrow or fsspec filesystem holding ``path``. Defaults to the URI's.
 
     Returns:
         A :class:`ValidationReport`; ``report.valid`` is False when any error was found.
@@ -195,9 +196,11 @@ def validate_trace(path: str | Path, *, tables: Iterable[str] | None = None) -> 
         TraceNotFoundError: ``path`` is not a directory or has no ``manifest.json``.
         TraceFormatError: ``manifest.json`` is not readable JSON (nothing can be checked).
     """
-    root = Path(path)
+    from .storage import localize
+
+    root = localize(path, filesystem=filesystem)
     if not root.is_dir():
-        raise TraceNotFoundError(f"{root}: not a trace directory (no such directory)")
+        raise TraceNotFoundError(f"{path}: not a trace directory (no such directory)")
     if not (root / MANIFEST).is_file():
         raise TraceNotFoundError(f"{root}: not a trace directory (missing {MANIFEST})")
     try:

@@ -71,15 +71,17 @@ def test_killed_writer_leaves_a_readable_trace(tmp_path, capsys):
     assert steps == list(range(rows // BATCH))
     assert sorted(records.column("node_id").to_pylist()) == sorted(list(range(BATCH)) * (rows // BATCH))
     segments = trace.segments("records")
-    assert len(segments) > 1 and not segments[-1].complete and all(s.complete for s in segments[:-1])
+    # Only the open segment may lack its footer (none, if the kill fell between a roll's rename and its cleanup).
+    assert len(segments) > 1 and all(s.complete or s.open for s in segments) and sum(s.open for s in segments) <= 1
+    truncated = any(not s.complete for s in segments)
 
     report = tracefmt.validate(path)
     assert report.valid, str(report)
-    assert {p.code for p in report.warnings} == {"incomplete", "truncated-segment"}
+    assert {p.code for p in report.warnings} == {"incomplete"} | ({"truncated-segment"} if truncated else set())
     assert report.rows_checked["records"] == rows
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "truncated-segment" in out and re.search(r"valid \(0 errors, [23] warnings", out)
+    assert ("truncated-segment" in out) == truncated and re.search(r"valid \(0 errors, [123] warnings", out)
     assert main(["info", str(path)]) == 0
     assert "NO (a writer is open or was killed)" in capsys.readouterr().out
 

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from ._conform import conform_table
 from .errors import TraceFormatError, UsageError
 from .manifest import read_manifest
+from .rolling import repeated_string
 from .schema import TABLES
 from .segments import JOURNAL, Segment, iter_batches, list_segments, open_segment, rank_of_dir, segment_index
 
@@ -271,7 +272,7 @@ def _with_run_id(table: pa.Table, run_id: str | None) -> pa.Table:
     if run_id is None or "run_id" not in table.schema.names or table.column("run_id").null_count != table.num_rows or not table.num_rows:
         return table
     i = table.schema.get_field_index("run_id")
-    return table.set_column(i, table.schema.field(i), pa.array([run_id] * table.num_rows, pa.string()))
+    return table.set_column(i, table.schema.field(i), repeated_string(run_id, table.num_rows))
 
 
 def _segment_table(seg: Segment, schema: pa.Schema) -> pa.Table:

@@ -78,7 +78,7 @@ def write_findings(trace_dir: str | Path, table: pa.Table, *, name: str = "findi
     many runs read as one table.
     """
     from .manifest import read_manifest
-    from .rolling import WriterOptions, write_closed
+    from .rolling import WriterOptions, repeated_string, write_closed
 
     out_dir = Path(trace_dir) / "findings"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def write_findings(trace_dir: str | Path, table: pa.Table, *, name: str = "findi
         run_id = None
     if run_id is not None:
         table = table.set_column(
-            table.schema.get_field_index("run_id"), FINDINGS.schema.field("run_id"), pa.array([run_id] * table.num_rows, pa.string())
+            table.schema.get_field_index("run_id"), FINDINGS.schema.field("run_id"), repeated_string(run_id, table.num_rows)
         )
     path = write_closed(table, out_dir, f"{name}.parquet", WriterOptions())
     (out_dir / f"{name}.arrow").unlink(missing_ok=True)  # the same analysis written before format 1.1

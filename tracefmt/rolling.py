@@ -30,7 +30,7 @@ from .errors import UsageError
 from .schema import TableDef
 from .segments import closed_name, open_name, rank_dir_name, segment_index
 
-__all__ = ["WriterOptions", "RollingSink", "SEGMENT_FORMATS", "write_closed", "exclusive_temp", "publish"]
+__all__ = ["WriterOptions", "RollingSink", "SEGMENT_FORMATS", "write_closed", "exclusive_temp", "publish", "repeated_string"]
 
 #: Closed-segment formats: Parquet (every engine reads it) or Arrow IPC files (faster to
 #: write; pyarrow, polars and tracefmt read them, DuckDB, Spark, Dask and Ray do not).
@@ -178,7 +178,7 @@ class RollingSink:
         i = data.schema.get_field_index("run_id")
         if data.column(i).null_count != data.num_rows:
             return data  # the producer set it
-        return data.set_column(i, data.schema.field(i), pa.array([self.run_id] * data.num_rows, pa.string()))
+        return data.set_column(i, data.schema.field(i), repeated_string(self.run_id, data.num_rows))
 
     def flush(self) -> None:
         """Write buffered rows to the open segment, then roll it if a limit is reached."""
@@ -256,12 +256,23 @@ class RollingSink:
         self._open_steps = set()
         index = self._next_index
         self._next_index += 1
-        close_open_segment(open_path, closed_name(index, self.options.segment_format), self.options)
+        final = closed_name(index, self.options.segment_format)
+        if final.endswith(".arrow"):
+            os.replace(open_path, open_path.parent / final)  # the footer is written: a complete IPC file
+        else:
+            close_open_segment(open_path, final, self.options)
 
     def close(self) -> None:
         """Flush and roll: nothing stays in an open segment."""
         self.flush()
         self.roll()
+
+
+def repeated_string(value: str, n: int) -> pa.Array:
+    """A string array of ``n`` copies of ``value``, built without a Python list."""
+    raw = value.encode()
+    offsets = np.arange(n + 1, dtype=np.int32) * len(raw)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(raw * n))
 
 
 def close_open_segment(open_path: Path, final_name: str, options: WriterOptions) -> Path:

@@ -15,7 +15,7 @@ import pyarrow.ipc as ipc
 from ._conform import to_batch
 from .errors import TraceError, UsageError
 from .manifest import MANIFEST, new_manifest, read_manifest, write_manifest
-from .rolling import RollingSink, WriterOptions, recover_open_segments, write_closed
+from .rolling import RollingSink, WriterOptions, recover_open_segments, repeated_string, write_closed
 from .schema import NODES, PREDICTIONS, RECORDS, SCALARS, TABLES, TENSORS
 from .segments import NODES_FILES, rank_dir_name
 
@@ -141,7 +141,7 @@ class TraceWriter:
             return
         if self.run_id is not None:
             table = table.set_column(
-                table.schema.get_field_index("run_id"), NODES.schema.field("run_id"), pa.array([self.run_id] * table.num_rows, pa.string())
+                table.schema.get_field_index("run_id"), NODES.schema.field("run_id"), repeated_string(self.run_id, table.num_rows)
             )
         write_closed(table, self.path, NODES.location, self.options)
         for older in NODES_FILES[1:]:  # an appended trace of format 1.0: one nodes file only

@@ -2,7 +2,7 @@
 
 Exit codes: 0 no error findings, 1 at least one error finding, 2 bad usage or an
 unreadable trace. ``--out DIR`` writes the findings (Arrow and JSON) and every figure;
-``--write`` stores the findings inside each trace under ``findings/<analyzer>.arrow``.
+``--write`` stores the findings inside each trace under ``findings/<analyzer>.parquet``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--figure-format", default="png", metavar="FMT[,FMT]", help="figure formats written with --out: png, svg, pdf (default: png)"
     )
-    p.add_argument("--write", action="store_true", help="also store the findings inside each trace (findings/<analyzer>.arrow)")
+    p.add_argument("--write", action="store_true", help="also store the findings inside each trace (findings/<analyzer>.parquet)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal)")
     p.set_defaults(run=run)
 

@@ -11,7 +11,6 @@ import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.ipc as ipc
 import pytest
 
@@ -123,29 +122,26 @@ def _trace_with_two_ranks(tmp_path: Path) -> Path:
 def test_duckdb_reads_records_without_tracefmt(tmp_path):
     path = _trace_with_two_ranks(tmp_path)
     expected = tracefmt.open(path).read(nodes=[2], columns=["rank", "step", "mean"]).sort_by([("rank", "ascending"), ("step", "ascending")])
-    # IPC segments through a plain pyarrow dataset (hive partitioning gives the rank from the path) ...
-    records = ds.dataset(str(path / "records"), format="arrow", partitioning="hive")
-    con = duckdb.connect()
-    con.register("records", records)
-    got = con.sql("SELECT rank, step, mean FROM records WHERE node_id = 2 ORDER BY rank, step").fetchall()
-    assert got == list(zip(*(expected.column(c).to_pylist() for c in ("rank", "step", "mean"))))
-    # ... and, after compaction, DuckDB's own Parquet reader.
-    tracefmt.compact(path)
+    # Closed segments are Parquet files with rank as a column: DuckDB's own reader, before and after compaction.
     glob = str(path / "records" / "*" / "*.parquet")
-    q = f"SELECT rank, count(*) AS n, avg(mean) AS m FROM read_parquet('{glob}', hive_partitioning = true) GROUP BY rank ORDER BY rank"
-    rows = duckdb.sql(q).fetchall()
-    assert [(r[0], r[1]) for r in rows] == [(0, 15), (1, 15)]
-    assert rows[0][2] == pytest.approx(float(np.mean(tracefmt.open(path).read(ranks=[0]).column("mean"))))
+    for _ in ("written", "compacted"):
+        got = duckdb.sql(f"SELECT rank, step, mean FROM read_parquet('{glob}') WHERE node_id = 2 ORDER BY rank, step").fetchall()
+        assert got == list(zip(*(expected.column(c).to_pylist() for c in ("rank", "step", "mean"))))
+        q = f"SELECT rank, count(*) AS n, avg(mean) AS m FROM read_parquet('{glob}') GROUP BY rank ORDER BY rank"
+        rows = duckdb.sql(q).fetchall()
+        assert [(r[0], r[1]) for r in rows] == [(0, 15), (1, 15)]
+        assert rows[0][2] == pytest.approx(float(np.mean(tracefmt.open(path).read(ranks=[0]).column("mean"))))
+        tracefmt.compact(path)
 
 
 def test_polars_reads_records_without_tracefmt(tmp_path):
     path = _trace_with_two_ranks(tmp_path)
     expected = tracefmt.open(path).read(kinds="activation", steps=(2, 3))
-    lf = pl.scan_ipc(str(path / "records" / "*" / "*.arrow"), hive_partitioning=False)
+    lf = pl.scan_parquet(str(path / "records" / "*" / "*.parquet"))
     got = lf.filter((pl.col("step") >= 2) & (pl.col("step") <= 3)).select(["rank", "step", "node_id", "std"]).sort(["rank", "step", "node_id"]).collect()
     assert got.height == expected.num_rows == 12
     assert got["std"].to_list() == expected.sort_by([("rank", "ascending"), ("step", "ascending"), ("node_id", "ascending")]).column("std").to_pylist()
-    nodes = pl.read_ipc(str(path / "nodes.arrow"))
+    nodes = pl.read_parquet(str(path / "nodes.parquet"))
     assert nodes["name"].to_list() == ["", "fc1", "relu", "fc2"]
     tracefmt.compact(path)
     counts = pl.scan_parquet(str(path / "records" / "*" / "*.parquet")).group_by("rank").len().sort("rank").collect()

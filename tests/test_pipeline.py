@@ -161,7 +161,7 @@ def test_cli_json_out_and_write(plain, tmp_path, capsys):
     assert "dead-dead_fraction.png" in figures and "dead-dead_fraction.svg" in figures and "activations-telemetry.png" in figures
     stored = tracefmt.open(plain).findings
     assert stored is not None and "dead-layer" in stored.column("code").to_pylist()
-    assert sorted(p.name for p in (plain / "findings").iterdir()) == ["activations.arrow", "dead.arrow"]
+    assert sorted(p.name for p in (plain / "findings").iterdir()) == ["activations.parquet", "dead.parquet"]
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -39,7 +39,7 @@ def test_two_gloo_ranks_write_one_shard_each(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(path)), nprocs=2, join=True)
     trace = tracefmt.open(path)
     assert trace.manifest["world_size"] == 2 and trace.complete
-    assert sorted(p.name for p in (path / "records").iterdir()) == ["rank=0", "rank=1"]
+    assert sorted(p.name for p in (path / "records").iterdir()) == ["rank-0", "rank-1"]
     assert tracefmt.validate(path).errors == []
     r = trace.records.to_table()
     assert sorted(set(r["rank"].to_pylist())) == [0, 1]

@@ -8,8 +8,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from .schema import NODES
-from .segments import PARTITIONED, iter_batches
+from .segments import NODES_FILES, PARTITIONED, iter_batches
 from .trace import Trace
 from .trace import open as open_trace
 
@@ -25,7 +24,7 @@ def _count(counter: Counter, column: Any) -> None:
 def _disk_usage(root: Path) -> dict[str, dict[str, int]]:
     """Bytes and files per table (every file under the table's directory)."""
     out: dict[str, dict[str, int]] = {}
-    for name in ("manifest.json", NODES.location):
+    for name in ("manifest.json", *NODES_FILES):
         if (root / name).is_file():
             out[name.split(".")[0]] = {"files": 1, "bytes": (root / name).stat().st_size}
     for entry in sorted(root.iterdir()):

@@ -6,11 +6,23 @@ traces. The join is described in :mod:`tracefmt.analyzers.diff_match`, the toler
 the elementwise rule ``|a - b| <= atol + rtol * |b|`` in
 :mod:`tracefmt.analyzers.diff_compare`.
 
-The **first divergent node** is the earliest compared tensor, in execution order, that
-is out of tolerance while every compared tensor feeding it is within tolerance, or whose
-error exceeds ``growth`` times the worst error among them (an amplifying node). What
-feeds what comes from the data-flow graph of the op-level side (tensor names); between
-two module-level traces the previous compared tensor in execution order stands in.
+One rule judges every compared tensor, whether raw values or statistics were compared:
+its *error* (see :mod:`tracefmt.analyzers.diff_compare`) is out of tolerance above 1,
+and a tensor out of tolerance is an **origin** of divergence only when its error also
+exceeds ``growth`` times the worst error among the compared tensors feeding it. A tensor
+out of tolerance that did not grow the error that much is ``drift`` (its inputs were
+within tolerance: accumulated rounding, e.g. input at 0.5x and output at 1.005x) or
+``divergent`` (inherited: an input was already out of tolerance). The **first
+divergence** is the earliest origin in execution order. What feeds what comes from the
+data-flow graph of the op-level side (tensor names); between two module-level traces the
+previous compared tensor in execution order stands in.
+
+The **verdict** is ``divergent`` when an origin exists, ``inconclusive`` when too little
+was compared to conclude (no tensor at all, or fewer than :data:`MIN_COVERAGE` of the
+module-level side's leaf modules, or of the observed nodes between two traces of one
+granularity), else ``agree``. Traces of a training phase and an inference phase
+(eval/infer) are not compared unless both phases are named; steps paired other than by
+equal number are stated in ``notes``.
 
 Two facts of real exports are handled. The exporter's optimiser folds Conv+BatchNorm
 into one Conv: a fused node is matched to the *last* PyTorch module of the fused group
@@ -31,16 +43,21 @@ from typing import Any
 
 import pyarrow as pa
 
+from tracefmt.errors import UsageError
 from tracefmt.findings import Finding, findings_table
 
 from .diff_compare import Comparison, compare_stats, compare_values, tolerance_for
 from .diff_match import Obs, Pair, Unmatched, match_sides
 from .diff_sides import Side, load_side
 
-__all__ = ["diff_traces", "DiffResult", "Compared", "DEFAULT_GROWTH", "ANALYZER_NAME"]
+__all__ = ["diff_traces", "DiffResult", "Compared", "DEFAULT_GROWTH", "ANALYZER_NAME", "MIN_COVERAGE"]
 
 #: A node whose error exceeds this factor times its worst input's error is a divergence origin.
 DEFAULT_GROWTH = 10.0
+#: Below this fraction of leaf modules (or of nodes) compared, the verdict is inconclusive.
+MIN_COVERAGE = 0.5
+#: Phases of one forward pass in inference mode (comparable with each other).
+_INFERENCE_PHASES = ("eval", "infer")
 #: The ``analyzer`` column of diff findings.
 ANALYZER_NAME = "diff"
 _MAX_WALK = 20000
@@ -69,7 +86,9 @@ class Compared:
         atol: Absolute tolerance used.
         rtol: Relative tolerance used.
         input_error: Worst error among the compared tensors feeding this one.
-        status: 'ok', 'divergent' (inherited from its inputs) or 'origin'.
+        status: 'ok', 'drift' (out of tolerance, inputs within, error grown less than
+            ``growth`` times), 'divergent' (inherited from its inputs) or 'origin'.
+        match: 'identity' or 'inferred' (output slot told apart by statistics signature).
     """
 
     key: str
@@ -91,6 +110,7 @@ class Compared:
     rtol: float
     input_error: float = 0.0
     status: str = "ok"
+    match: str = "identity"
     pair: Pair | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -108,9 +128,15 @@ class DiffResult:
         unmatched_b: Observations of B with no counterpart.
         first_divergence: The first divergent node, or None when the traces agree.
         steps: The (step of A, step of B) pairs compared.
-        coverage: Leaf-module matching figures (module-level side vs op-level side).
+        coverage: How much was compared: leaf modules of the module-level side and
+            nodes of the op-level side (module vs op), or nodes of each side.
         trace_a: Path of trace A.
         trace_b: Path of trace B.
+        verdict: 'agree', 'divergent' or 'inconclusive'.
+        reasons: Why the verdict is inconclusive (empty otherwise).
+        notes: What was compared that a reader must know (phases, step pairing, drift,
+            inferred output matches).
+        phases: (phase of A, phase of B) compared.
     """
 
     compared: list[Compared]
@@ -121,6 +147,15 @@ class DiffResult:
     coverage: dict[str, Any]
     trace_a: str = ""
     trace_b: str = ""
+    verdict: str = "agree"
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    phases: tuple[str, str] = ("", "")
+
+    @property
+    def conclusive(self) -> bool:
+        """False when too little was compared to say the traces agree."""
+        return self.verdict != "inconclusive"
 
     @property
     def divergent(self) -> bool:
@@ -146,9 +181,13 @@ class DiffResult:
             if c is self.first_divergence:
                 code, severity = "first-divergence", "error"
                 msg = f"first divergence: {c.key or c.a_node} (call {c.call}) differs by {c.metric} error {c.error:.3g}x tolerance while its inputs agree (worst input {c.input_error:.3g})"
-            elif c.status != "ok":
+            elif c.status == "divergent":
                 code, severity = "diff-divergent", "warning"
                 msg = f"{c.key or c.a_node} (call {c.call}) out of tolerance ({c.metric} error {c.error:.3g}x), inherited from its inputs"
+            elif c.status == "drift":
+                code, severity = "diff-drift", "info"
+                msg = (f"{c.key or c.a_node} (call {c.call}) slightly out of tolerance ({c.metric} error {c.error:.3g}x) with its inputs "
+                       f"within (worst {c.input_error:.3g}x): accumulated rounding, not an origin")  # fmt: skip
             else:
                 code, severity = "diff-ok", "info"
                 msg = f"{c.key or c.a_node} (call {c.call}) within tolerance (error {c.error:.3g}x)"
@@ -191,6 +230,10 @@ class DiffResult:
         return {
             "trace_a": self.trace_a,
             "trace_b": self.trace_b,
+            "verdict": self.verdict,
+            "reasons": self.reasons,
+            "notes": self.notes,
+            "phases": list(self.phases),
             "divergent": self.divergent,
             "first_divergence": self.first_divergence.as_dict() if self.first_divergence else None,
             "steps": [list(s) for s in self.steps],
@@ -209,12 +252,37 @@ def _open(trace: Any) -> Any:
     return trace
 
 
-def _step_pairs(a: Side, b: Side) -> list[tuple[int, int]]:
+def _step_pairs(a: Side, b: Side, notes: list[str]) -> list[tuple[int, int]]:
     common = sorted(set(a.steps) & set(b.steps))
     if common:
+        only = sorted(set(a.steps) ^ set(b.steps))
+        if only:
+            notes.append(f"steps {_steps_text(only)} are in one trace only and were not compared")
         return [(s, s) for s in common]
     # Different step numbering (e.g. a training step vs an inference run): compare in rank order.
-    return list(zip(a.steps, b.steps))
+    pairs = list(zip(a.steps, b.steps))
+    if pairs:
+        notes.append(f"no step number in common: A's steps {_steps_text([p[0] for p in pairs])} compared with B's steps "
+                     f"{_steps_text([p[1] for p in pairs])} in rank order")  # fmt: skip
+    return pairs
+
+
+def _steps_text(steps: list[int]) -> str:
+    return ", ".join(str(s) for s in steps[:6]) + (f" ... ({len(steps)} in all)" if len(steps) > 6 else "")
+
+
+def _check_phases(sa: Side, sb: Side, explicit: bool, notes: list[str]) -> None:
+    """Refuse a training phase against an inference phase unless both phases were named."""
+    if sa.phase == sb.phase:
+        return
+    inference = sa.phase in _INFERENCE_PHASES and sb.phase in _INFERENCE_PHASES
+    if not inference and not explicit:
+        raise UsageError(
+            f"trace A's activations are phase {sa.phase!r} and trace B's {sb.phase!r}: a training pass (dropout on, batch "
+            "statistics) and an inference pass differ by design; name both phases (phase_a/phase_b, --phase-a/--phase-b) "
+            "to compare them anyway"
+        )
+    notes.append(f"phases differ: A {sa.phase!r} vs B {sb.phase!r}")
 
 
 def _compare(
@@ -244,7 +312,7 @@ def _make(a: Side, b: Side, pair: Pair, steps: list[tuple[int, int]], atol: floa
         b_node_id=pair.b[0], b_node=b.nodes[pair.b[0]].name, b_slot=pair.b[1],
         dtype=da if da == db else f"{da}/{db}", shape=list((rb or {}).get("shape") or []),
         error=cmp.error, metric=cmp.metric, abs_diff=cmp.abs_diff, method=cmp.method, step=step,
-        atol=tol.atol, rtol=tol.rtol, pair=pair,
+        atol=tol.atol, rtol=tol.rtol, match=pair.match, pair=pair,
     )  # fmt: skip
 
 
@@ -273,17 +341,20 @@ def diff_traces(
         growth: Error amplification factor that makes a node an origin although its
             inputs already differ. Defaults to 10.
         phase_a: Phase of A to compare. Defaults to eval, else infer, else train.
-        phase_b: Phase of B to compare. Same default.
+        phase_b: Phase of B to compare. Same default. A training phase against an
+            inference phase is refused (:class:`UsageError`) unless both are given.
         steps: Steps to compare. Defaults to every step both traces have (or, when they
             share none, their steps in rank order).
 
     Returns:
-        The :class:`DiffResult`.
+        The :class:`DiffResult` (its ``verdict`` is 'agree', 'divergent' or 'inconclusive').
     """
     ta, tb = _open(a), _open(b)
     sa = load_side(ta, "a", phase=phase_a, steps=steps)
     sb = load_side(tb, "b", phase=phase_b, steps=steps)
-    step_pairs = _step_pairs(sa, sb)
+    notes: list[str] = []
+    _check_phases(sa, sb, phase_a is not None and phase_b is not None, notes)
+    step_pairs = _step_pairs(sa, sb, notes)
     pairs, ua, ub = match_sides(sa, sb, by=by)
     compared = [_make(sa, sb, p, step_pairs, atol, rtol) for p in pairs]
     if sa.op_level != sb.op_level:
@@ -297,7 +368,32 @@ def diff_traces(
     _mark_origins(sa, sb, compared, growth)
     first = next((c for c in compared if c.status == "origin"), None)
     coverage = _coverage(sa, sb, compared, ua, ub)
-    return DiffResult(compared, ua, ub, first, step_pairs, coverage, str(ta.path), str(tb.path))
+    verdict, reasons = _verdict(compared, first, coverage, step_pairs)
+    drift = [c for c in compared if c.status == "drift"]
+    if drift:
+        worst = max(drift, key=lambda c: c.error)
+        notes.append(f"{len(drift)} tensor(s) slightly out of tolerance with their inputs within (worst {worst.key or worst.a_node} "
+                     f"at {worst.error:.3g}x): error grew less than {growth:g}x, judged accumulated rounding")  # fmt: skip
+    inferred = sum(c.match == "inferred" for c in compared)
+    if inferred:
+        notes.append(f"{inferred} output slot(s) of multi-output modules matched by statistics signature (inferred)")
+    return DiffResult(compared, ua, ub, first, step_pairs, coverage, str(ta.path), str(tb.path), verdict, reasons, notes,
+                      (sa.phase, sb.phase))  # fmt: skip
+
+
+def _verdict(compared: list[Compared], first: Compared | None, coverage: dict[str, Any], steps: list) -> tuple[str, list[str]]:
+    """'divergent' when an origin exists, 'inconclusive' (with reasons) when too little was compared, else 'agree'."""
+    if first is not None:
+        return "divergent", []
+    reasons = []
+    if not steps:
+        reasons.append("the traces have no step to compare")
+    if not compared:
+        reasons.append("no tensor was compared (nothing matched between the traces)")
+    fraction = coverage.get("fraction")
+    if compared and fraction is not None and fraction < MIN_COVERAGE:
+        reasons.append(f"only {fraction:.0%} of the {coverage['of']} were compared (below {MIN_COVERAGE:.0%})")
+    return ("inconclusive", reasons) if reasons else ("agree", [])
 
 
 def _module_order(module: Side) -> list[Obs]:
@@ -384,10 +480,10 @@ def _mark_origins(sa: Side, sb: Side, compared: list[Compared], growth: float) -
         c.input_error = max((compared[j].error for j in feeding), default=0.0)
         if c.error <= 1:
             c.status = "ok"
-        elif c.input_error <= 1 or c.error > growth * c.input_error:
+        elif c.error > growth * c.input_error:
             c.status = "origin"
         else:
-            c.status = "divergent"
+            c.status = "divergent" if c.input_error > 1 else "drift"
 
 
 def _feeding(
@@ -422,20 +518,43 @@ def _feeding(
 
 
 def _coverage(sa: Side, sb: Side, compared: list[Compared], ua: list[Unmatched], ub: list[Unmatched]) -> dict[str, Any]:
-    """Leaf modules of the module-level side: matched, and matched or accounted for (fused/identity)."""
+    """How much was compared.
+
+    Module vs op: leaf modules of the module-level side matched (compared) and matched or
+    accounted for (fused/folded/identity), and the op-level side's observed nodes
+    compared directly or covered by a matched module's op group. Same granularity: the
+    observed nodes of each side that were matched. ``fraction`` (what the verdict
+    judges) is the leaf-module fraction, or the smaller node fraction of the two sides.
+    """
     if sa.op_level == sb.op_level:
-        total_a = len({o[0] for o in sa.records})
-        return {"side": None, "matched_nodes_a": len({c.a_node_id for c in compared}), "nodes_a": total_a}
+        nodes_a, nodes_b = {o[0] for o in sa.records}, {o[0] for o in sb.records}
+        matched_a, matched_b = {c.a_node_id for c in compared}, {c.b_node_id for c in compared}
+        fa = len(matched_a) / len(nodes_a) if nodes_a else 0.0
+        fb = len(matched_b) / len(nodes_b) if nodes_b else 0.0
+        return {"side": None, "matched_nodes_a": len(matched_a), "nodes_a": len(nodes_a), "matched_nodes_b": len(matched_b),
+                "nodes_b": len(nodes_b), "fraction": min(fa, fb), "of": "observed nodes"}  # fmt: skip
     module, label, unmatched = (sa, "a", ua) if not sa.op_level else (sb, "b", ub)
+    ops = sb if label == "a" else sa
     leaves = {o[0] for o in module.records if not module.nodes[o[0]].container}
     matched = {(c.a_node_id if label == "a" else c.b_node_id) for c in compared} & leaves
     accounted = {u.node_id for u in unmatched if u.reason.startswith(("fused", "folded", "identity"))} & leaves
+    op_nodes = {o[0] for o in ops.records}
+    op_compared = {(c.b_node_id if label == "a" else c.a_node_id) for c in compared} & op_nodes
+    op_covered = set().union(*[c.pair.group for c in compared if c.pair is not None and c.key]) & op_nodes if compared else set()
+    op_covered |= op_compared
     return {
         "side": label,
         "leaf_modules": len(leaves),
         "matched": len(matched),
-        "matched_fraction": len(matched) / len(leaves) if leaves else 1.0,
+        "matched_fraction": len(matched) / len(leaves) if leaves else 0.0,
         "accounted": len(matched | accounted),
-        "accounted_fraction": len(matched | accounted) / len(leaves) if leaves else 1.0,
+        "accounted_fraction": len(matched | accounted) / len(leaves) if leaves else 0.0,
         "unaccounted": sorted(module.nodes[n].name for n in leaves - matched - accounted),
+        "op_nodes": len(op_nodes),
+        "op_nodes_compared": len(op_compared),
+        "op_nodes_compared_fraction": len(op_compared) / len(op_nodes) if op_nodes else 0.0,
+        "op_nodes_covered": len(op_covered),
+        "op_nodes_covered_fraction": len(op_covered) / len(op_nodes) if op_nodes else 0.0,
+        "fraction": len(matched) / len(leaves) if leaves else 0.0,
+        "of": "leaf modules",
     }

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from tracefmt.errors import UsageError
 
+from .diff_compare import compare_stats, tolerance_for
 from .diff_sides import Side
 
 __all__ = ["Obs", "Pair", "Unmatched", "match_sides"]
@@ -41,6 +42,8 @@ class Pair:
         order: Execution-order sort key.
         group: Op-side node_ids computing this tensor (module vs op), else the op node.
         op_side: 'a' or 'b', the side whose data-flow graph links pairs; None if neither.
+        match: 'identity' (the join key, or the only tensor that can be this output) or
+            'inferred' (told apart from same-shaped outputs by statistics signature).
     """
 
     key: str
@@ -50,6 +53,7 @@ class Pair:
     order: tuple
     group: frozenset[int] = frozenset()
     op_side: str | None = None
+    match: str = "identity"
 
 
 @dataclass
@@ -85,6 +89,11 @@ def _first(per_step: dict) -> dict:
 
 def _shape(side: Side, obs: Obs) -> tuple[int, ...]:
     return tuple(int(s) for s in (_first(side.records[obs]).get("shape") or []) if int(s) != 1)
+
+
+def _signature(side: Side, obs: Obs) -> tuple:
+    """Shape (size-1 dims dropped) and element type: what the graph says about a tensor."""
+    return (_shape(side, obs), str(_first(side.records[obs]).get("dtype") or ""))
 
 
 def _seq(side: Side, obs: Obs) -> int:
@@ -277,24 +286,75 @@ def _match_module_to_ops(m: Side, o: Side, by: str, *, module_label: str) -> tup
         group = groups[call]
         # A tensor may stand for several modules (a block's output is its last ReLU's),
         # so op outputs are shared across units, never within one unit's slots.
-        leaving = ops.leaving(group)
-        used: set[Obs] = set()
+        assigned = _assign_slots(m, o, units.obs[unit], ops.leaving(group))
         for obs in units.obs[unit]:
-            shape = _shape(m, obs)
-            same = [x for x in leaving if _shape(o, x) == shape and x not in used]
-            if not same:
-                um.append(_unmatched(m, obs, "no output of the op group has this shape"))
+            hit, how = assigned.get(obs, (None, ""))
+            if hit is None:
+                um.append(_unmatched(m, obs, "no output of the op group has this shape and dtype"))
                 continue
-            hit = max(same, key=lambda x: o.nodes[x[0]].order)
-            used.add(hit)
             paired.add(hit)
             if key:
                 covered.update(group)
             depth = key.count(".") + 1 if key else 0
             order = (o.nodes[hit[0]].order, -depth, units.seq[unit])
             a_obs, b_obs = (obs, hit) if module_label == "a" else (hit, obs)
-            pairs.append(Pair(key, call, a_obs, b_obs, order, frozenset(group), "b" if module_label == "a" else "a"))
+            pairs.append(Pair(key, call, a_obs, b_obs, order, frozenset(group), "b" if module_label == "a" else "a", how))
     uo = [
         _unmatched(o, x, "outside every matched module") for x in o.records if x[0] in o.nodes and x[0] not in covered and x not in paired
     ]
     return pairs, um, uo
+
+
+def _same_type(m: Side, o: Side, slot: Obs, tensor: Obs) -> bool:
+    sm, so = _signature(m, slot), _signature(o, tensor)
+    return sm[0] == so[0] and (not sm[1] or not so[1] or sm[1] == so[1])
+
+
+def _assign_slots(m: Side, o: Side, slots: list[Obs], leaving: list[Obs]) -> dict[Obs, tuple[Obs, str]]:
+    """Which leaving op tensor is which module output slot (see the module doc)."""
+    out: dict[Obs, tuple[Obs, str]] = {}
+    latest = sorted(leaving, key=lambda x: o.nodes[x[0]].order, reverse=True)
+    if len(slots) == 1:
+        same = [x for x in latest if _same_type(m, o, slots[0], x)]
+        if same:
+            out[slots[0]] = (same[0], "identity")
+        return out
+    classes: dict[tuple, list[Obs]] = defaultdict(list)
+    for obs in slots:
+        classes[_signature(m, obs)].append(obs)
+    for members in classes.values():
+        cands = [x for x in latest if _same_type(m, o, members[0], x)]
+        if len(cands) == 1 and len(members) == 1:
+            out[members[0]] = (cands[0], "identity")
+        elif cands:
+            out.update({s: (t, "inferred") for s, t in _by_signature(m, o, members, cands).items()})
+    return out
+
+
+_MAX_PERMUTED = 6
+
+
+def _by_signature(m: Side, o: Side, slots: list[Obs], cands: list[Obs]) -> dict[Obs, Obs]:
+    """Assign same-shaped slots to candidate tensors by their statistics (smallest worst error, then sum)."""
+    import itertools
+
+    def cost(s: Obs, t: Obs) -> float:
+        rs, rt = _first(m.records[s]), _first(o.records[t])
+        tol = tolerance_for(str(rs.get("dtype")), str(rt.get("dtype")))
+        err = compare_stats(rs, rt, tol).error
+        return err if err == err else float("inf")
+
+    costs = {(s, t): cost(s, t) for s in slots for t in cands}
+    if len(cands) <= _MAX_PERMUTED:
+        best: tuple | None = None
+        for perm in itertools.permutations(cands, min(len(slots), len(cands))):
+            errs = [costs[(s, t)] for s, t in zip(slots, perm)]
+            score = (max(errs), sum(errs))
+            if best is None or score < best[0]:
+                best = (score, perm)
+        return dict(zip(slots, best[1])) if best else {}
+    out: dict[Obs, Obs] = {}
+    for (s, t), _ in sorted(costs.items(), key=lambda kv: kv[1]):  # greedy for many candidates
+        if s not in out and t not in out.values():
+            out[s] = t
+    return out

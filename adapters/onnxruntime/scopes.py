@@ -13,7 +13,10 @@ nodes differently:
   segment per module and the operation last: ``/layer1/layer1.0/conv1/Conv``. A module
   called several times gets ``_<n>`` appended for calls after the first
   (``/layer1/relu_1/Relu``); such a suffix is removed when the path without it names a
-  module seen elsewhere in the same graph.
+  module seen elsewhere in the same graph. A child of a ``Sequential`` or ``ModuleList``
+  is named ``<container>.<index>`` relative to the container's parent, so a segment
+  that repeats the tail of the path so far overlaps it instead of extending it:
+  ``/encoder/stages.0/layer/layer.0/conv/Conv`` is ``encoder.stages.0.layer.0.conv``.
 
 Nodes with neither keep the empty scope.
 """
@@ -40,6 +43,21 @@ def _join(parent: str, segment: str) -> str:
     if segment.startswith(parent + "."):
         return segment
     return f"{parent}.{segment}"
+
+
+def _join_segment(parent: str, segment: str) -> str:
+    """Append a TorchScript path segment, overlapping a container name it repeats.
+
+    ``('a.layer', 'layer.0')`` -> ``'a.layer.0'``; ``('a', 'stages.0')`` -> ``'a.stages.0'``.
+    """
+    if not parent:
+        return segment
+    parts = segment.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        head = ".".join(parts[:k])
+        if parent == head or parent.endswith("." + head):
+            return f"{parent}.{'.'.join(parts[k:])}"
+    return _join(parent, segment)
 
 
 def dynamo_scope(metadata: dict[str, str]) -> str | None:
@@ -104,7 +122,7 @@ def recover_scopes(nodes: Iterable[Any]) -> list[str]:
         if segs:
             scope = ""
             for seg in segs:
-                scope = _join(scope, seg)
+                scope = _join_segment(scope, seg)
                 known.add(scope)
     out = []
     for scope, segs in zip(found, paths):
@@ -117,8 +135,8 @@ def recover_scopes(nodes: Iterable[Any]) -> list[str]:
         qual = ""
         for seg in segs:
             m = _CALL_SUFFIX.match(seg)
-            if m and _join(qual, m.group("base")) in known:
+            if m and _join_segment(qual, m.group("base")) in known:
                 seg = m.group("base")
-            qual = _join(qual, seg)
+            qual = _join_segment(qual, seg)
         out.append(qual)
     return out

@@ -1,7 +1,7 @@
 """``tracefmt diff A B``: join two traces node by node and report the first divergence.
 
-Exit codes: 0 the traces agree within tolerance; 1 a divergence was found; 2 bad usage
-or an unreadable trace.
+Exit codes: 0 the traces agree within tolerance; 1 a divergence was found, or the verdict
+is inconclusive (too little compared); 2 bad usage or an unreadable trace.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from . import EXIT_FOUND, EXIT_OK
-from ._output import add_format_option, emit_json, print_table
+from ._output import add_format_option, emit_json, fmt_value, print_table
 
-_COLUMNS = ("pos", "key", "call", "a_node", "b_node", "dtype", "error", "metric", "input_error", "status")
+_COLUMNS = ("pos", "key", "call", "a_node", "b_node", "dtype", "error", "metric", "input_error", "status", "match")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Join trace A (under test) and trace B (reference) node by node (by scope, falling back to name and tensor "
             "name) and report the first node whose output is out of tolerance while its inputs agree. Elementwise rule: "
-            "|a - b| <= atol + rtol * |b|. Exit 0 agree, 1 divergence found, 2 bad input."
+            "|a - b| <= atol + rtol * |b|. Exit 0 agree, 1 divergence found or inconclusive (too little compared), 2 bad input."
         ),
     )
     p.add_argument("a", metavar="A", help="trace under test")
@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default per dtype: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
     p.add_argument("--by", choices=["scope", "name"], default="scope", help="primary join key (default: scope)")
     p.add_argument("--growth", type=float, default=None, help="error amplification that marks a node as an origin (default: 10)")
+    p.add_argument("--phase-a", default=None, help="phase of A to compare (default: eval, else infer, else train)")
+    p.add_argument("--phase-b", default=None, help="phase of B to compare (same default); naming both allows train vs eval")
     p.add_argument("--limit", type=int, default=40, help="rows of the comparison table to print (default: 40; 0 = all)")
     add_format_option(p)
     p.set_defaults(run=run)
@@ -41,10 +43,12 @@ def run(args: argparse.Namespace) -> int:
     """Diff ``args.a`` against ``args.b`` and print the result."""
     from ..analyzers.diff import DEFAULT_GROWTH, diff_traces
 
-    result = diff_traces(args.a, args.b, atol=args.atol, rtol=args.rtol, by=args.by, growth=args.growth or DEFAULT_GROWTH)
+    result = diff_traces(args.a, args.b, atol=args.atol, rtol=args.rtol, by=args.by, growth=args.growth or DEFAULT_GROWTH,
+                         phase_a=args.phase_a, phase_b=args.phase_b)  # fmt: skip
+    code = EXIT_OK if result.verdict == "agree" else EXIT_FOUND
     if args.format == "json":
         emit_json(result.to_dict())
-        return EXIT_FOUND if result.divergent else EXIT_OK
+        return code
     out = sys.stdout
     rows = [{"pos": i, **c.as_dict()} for i, c in enumerate(result.compared)]
     shown = rows if not args.limit or len(rows) <= args.limit else _window(rows, result, args.limit)
@@ -59,12 +63,31 @@ def run(args: argparse.Namespace) -> int:
                 head = u.reason.split(":")[0]
                 reasons[head] = reasons.get(head, 0) + 1
             out.write(f"unmatched in {side}: {len(items)} (" + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) + ")\n")
-    cov = result.coverage
+    out.write(_coverage_line(result.coverage) + "\n")
+    for note in result.notes:
+        out.write(f"note: {note}\n")
+    first = result.first_divergence
+    if result.verdict == "inconclusive":
+        out.write(f"inconclusive: {'; '.join(result.reasons)} ({len(result.compared)} tensors compared)\n")
+    elif first is None:
+        out.write(f"no divergence: {len(result.compared)} tensors compared, all within tolerance or drift below the growth factor\n")
+    else:
+        out.write(
+            f"first divergence: {first.key or first.a_node} (call {first.call}) A {first.a_node} vs B {first.b_node}: "
+            f"{first.metric} error {fmt_value(first.error)}x tolerance (atol {first.atol:g}, rtol {first.rtol:g}), worst input {fmt_value(first.input_error)}x\n"
+        )
+    return code
+
+
+def _coverage_line(cov: dict) -> str:
+    """One line of coverage figures (module vs op, or same granularity)."""
     if cov.get("side"):
-        out.write(f"leaf modules matched: {cov['matched']}/{cov['leaf_modules']} ({cov['matched_fraction']:.0%}); "
-                  f"with fused/identity modules accounted for: {cov['accounted']}/{cov['leaf_modules']} ({cov['accounted_fraction']:.0%})\n")  # fmt: skip
-    out.write(result.verdict() + "\n")
-    return EXIT_FOUND if result.divergent else EXIT_OK
+        return (f"coverage: leaf modules compared {cov['matched']}/{cov['leaf_modules']} ({cov['matched_fraction']:.0%}); "
+                f"with fused/folded/identity modules accounted for {cov['accounted']}/{cov['leaf_modules']} ({cov['accounted_fraction']:.0%}); "
+                f"ONNX nodes compared {cov['op_nodes_compared']}/{cov['op_nodes']} ({cov['op_nodes_compared_fraction']:.0%}), "
+                f"inside compared modules {cov['op_nodes_covered']}/{cov['op_nodes']} ({cov['op_nodes_covered_fraction']:.0%})")  # fmt: skip
+    return (f"coverage: nodes compared A {cov['matched_nodes_a']}/{cov['nodes_a']}, B {cov['matched_nodes_b']}/{cov['nodes_b']} "
+            f"({cov['fraction']:.0%})")  # fmt: skip
 
 
 def _window(rows: list[dict], result, limit: int) -> list[dict]:  # type: ignore[no-untyped-def]

@@ -197,10 +197,14 @@ class TraceWriter:
         """Store one tensor's raw values in the ``tensors`` table (canonical fixed-shape tensor).
 
         Values of one (node, kind, slot, call, shape, dtype) go to one file, a row per step.
+        A zero-element tensor is not stored (Arrow's fixed-shape tensor needs at least one
+        element): its record (shape, ``numel`` 0) already says everything about it.
         """
         from .stats import dtype_name
 
         a = np.ascontiguousarray(values)
+        if a.size == 0:
+            return
         if a.dtype == np.bool_:
             a = a.astype(np.uint8)
         value_type = pa.from_numpy_dtype(a.dtype)

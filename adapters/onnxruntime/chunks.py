@@ -8,6 +8,12 @@ are its captured tensors plus the tensors later chunks still need. Running the c
 order computes every node exactly once; between chunks only the live boundary tensors
 are kept, so peak memory is bounded by one chunk's outputs plus the live set, however
 many tensors are captured in all.
+
+Element types NumPy has no type for (bfloat16, the float8 and float4 types) cannot leave
+an ONNX Runtime session as arrays. A chunk that outputs such a tensor gets a ``Cast`` to
+float32 appended, and returns the float32 copy under the *wire name*
+``<name>::tracefmt_f32`` (exact: every value of those types is a float32 value); a later
+chunk that reads it takes the copy and casts it back to the original type first.
 """
 
 from __future__ import annotations
@@ -19,7 +25,20 @@ from tracefmt.errors import UsageError
 
 from .graph import GraphInfo
 
-__all__ = ["Chunk", "plan_chunks", "chunk_model", "type_proto", "estimate_sizes"]
+__all__ = ["Chunk", "plan_chunks", "chunk_model", "type_proto", "estimate_sizes", "NARROW_FLOATS", "WIDE_SUFFIX", "narrow_type"]
+
+#: ONNX Runtime element names of float types without a NumPy dtype, carried as float32.
+NARROW_FLOATS = ("bfloat16", "float8e4m3fn", "float8e4m3fnuz", "float8e5m2", "float8e5m2fnuz", "float4e2m1", "float8e8m0")
+#: Suffix of the float32 copy of a narrow-float tensor between sessions.
+WIDE_SUFFIX = "::tracefmt_f32"
+
+
+def narrow_type(ort_type: str) -> str | None:
+    """The element name if ``ort_type`` is a tensor of a narrow float type ('tensor(bfloat16)' -> 'bfloat16')."""
+    t = ort_type.strip()
+    if t.startswith("tensor(") and t.endswith(")") and t[7:-1] in NARROW_FLOATS:
+        return t[7:-1]
+    return None
 
 
 @dataclass
@@ -139,28 +158,41 @@ def _elem(name: str) -> int:
         "uint16": TensorProto.UINT16, "uint32": TensorProto.UINT32, "uint64": TensorProto.UINT64,
         "bool": TensorProto.BOOL, "string": TensorProto.STRING,
     }  # fmt: skip
+    for narrow in NARROW_FLOATS:
+        code = getattr(TensorProto, narrow.upper(), None)
+        if code is not None:
+            table[narrow] = code
     if name not in table:
         raise UsageError(f"unsupported element type {name!r} between chunks; trace with chunk_outputs=None")
     return table[name]
 
 
-def chunk_model(info: GraphInfo, chunk: Chunk, input_types: dict[str, Any]) -> Any:
+def chunk_model(info: GraphInfo, chunk: Chunk, input_types: dict[str, Any], widen: frozenset[str] = frozenset()) -> Any:
     """Build the ModelProto that runs ``chunk``.
 
     Args:
         info: The loaded graph.
         chunk: The chunk.
         input_types: Tensor name -> ``onnx.TypeProto`` of every chunk input.
+        widen: Narrow-float tensors (see module doc): outputs of this chunk among them
+            are returned as float32 copies, inputs among them are read as float32
+            copies and cast back.
 
     Returns:
         A ModelProto with the chunk's nodes, initializers, inputs and outputs; opsets,
         IR version and local functions are those of the original model.
     """
-    from onnx import ValueInfoProto, helper
+    from onnx import TensorProto, ValueInfoProto, helper
 
     graph = info.graph
     inputs = []
+    head, tail = [], []
     for name in chunk.inputs:
+        if name in widen:
+            elem = input_types[name].tensor_type.elem_type
+            inputs.append(helper.make_tensor_value_info(name + WIDE_SUFFIX, TensorProto.FLOAT, None))
+            head.append(helper.make_node("Cast", [name + WIDE_SUFFIX], [name], to=elem, name=name + WIDE_SUFFIX + "_in"))
+            continue
         vi = ValueInfoProto(name=name)
         vi.type.CopyFrom(input_types[name])
         inputs.append(vi)
@@ -169,10 +201,14 @@ def chunk_model(info: GraphInfo, chunk: Chunk, input_types: dict[str, Any]) -> A
         # Before IR 4 every initializer must also be declared as a graph input.
         for t in inits:
             inputs.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    outputs = [ValueInfoProto(name=name) for name in chunk.outputs]
-    sub = helper.make_graph(
-        info.nodes[chunk.start : chunk.stop], f"{graph.name or 'graph'}_{chunk.start}", inputs, outputs, initializer=inits
-    )
+    outputs = []
+    for name in chunk.outputs:
+        if name in widen:
+            tail.append(helper.make_node("Cast", [name], [name + WIDE_SUFFIX], to=TensorProto.FLOAT, name=name + WIDE_SUFFIX + "_out"))
+            name += WIDE_SUFFIX
+        outputs.append(ValueInfoProto(name=name))
+    nodes = head + list(info.nodes[chunk.start : chunk.stop]) + tail
+    sub = helper.make_graph(nodes, f"{graph.name or 'graph'}_{chunk.start}", inputs, outputs, initializer=inits)
     model = helper.make_model(sub, opset_imports=list(info.model.opset_import), ir_version=info.model.ir_version)
     model.functions.extend(info.model.functions)
     return model

@@ -81,7 +81,7 @@ def check_feed(info: GraphInfo, feed: Mapping[str, Any], *, step: int) -> dict[s
 def random_feed(info: GraphInfo, *, seed: int = 0, dim: int = 1, high: int = 10) -> dict[str, np.ndarray]:
     """A random feed for every required input, from the declared types and shapes.
 
-    Symbolic or unknown dimensions become ``dim``. Floats are standard normal; integers
+    Symbolic or unknown dimensions become ``dim``; a declared 0 stays 0. Floats are standard normal; integers
     uniform in ``[0, high)`` (so token ids stay inside small vocabularies); bools fair coins.
 
     Args:
@@ -99,7 +99,8 @@ def random_feed(info: GraphInfo, *, seed: int = 0, dim: int = 1, high: int = 10)
         if not vi.type.HasField("tensor_type"):
             raise UsageError(f"input {vi.name!r} is not a tensor; give its value with --input {vi.name}=FILE")
         tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else dim for d in tt.shape.dim]
+        # A declared 0 is a real (empty) dimension; only symbolic or unset ones become ``dim``.
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else dim for d in tt.shape.dim]
         dtype = _np_dtype(tt.elem_type)
         if dtype.kind == "f":
             feed[vi.name] = rng.standard_normal(shape).astype(dtype)

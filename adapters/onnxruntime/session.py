@@ -50,6 +50,9 @@ class SessionFactory:
         unknown = [p for p in providers if p not in available]
         if unknown:
             raise UsageError(f"execution provider(s) {', '.join(unknown)} not available; available: {', '.join(available)}")
+        # ONNX Runtime's process-wide logger prints warnings (and its own copy of errors)
+        # to stderr before the tracer's one-line error; only fatal messages get through.
+        ort.set_default_logger_severity(4)
         self.ort = ort
         self.info = info
         self.providers = list(providers)

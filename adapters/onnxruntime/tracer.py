@@ -14,7 +14,7 @@ from tracefmt.histogram import DEFAULT_BINNING, Binning
 from tracefmt.stats import channel_stats, dtype_name, tensor_stats
 from tracefmt.writer import TraceWriter, WriterOptions
 
-from .chunks import Chunk, chunk_model, estimate_sizes, plan_chunks, type_proto
+from .chunks import WIDE_SUFFIX, Chunk, chunk_model, estimate_sizes, narrow_type, plan_chunks, type_proto
 from .graph import GraphInfo, load_graph
 from .inputs import as_batches, check_feed
 from .session import Optimization, SessionFactory
@@ -61,6 +61,8 @@ class _Run:
         self.chunks: list[Chunk] = []
         self.sessions: list[Any] = []
         self.types: dict[str, Any] = {vi.name: vi.type for vi in list(info.required_inputs) + list(info.optional_inputs)}
+        #: Narrow-float tensors (bfloat16, float8, float4) -> element name; carried as float32.
+        self.narrow: dict[str, str] = {}
 
     def plan(self, feed: dict[str, Any]) -> None:
         fed = set(feed)
@@ -70,13 +72,25 @@ class _Run:
             self.chunks = plan_chunks(self.info, self.chunk_outputs, fed, sizes=sizes, chunk_bytes=self.chunk_bytes)
             self.sessions = [None] * len(self.chunks)
 
+    def wire(self, name: str) -> str:
+        """The name a tensor has between sessions (narrow floats travel as float32 copies)."""
+        return name + WIDE_SUFFIX if name in self.narrow else name
+
     def session(self, c: int) -> Any:
         if self.sessions[c] is None:
             chunk = self.chunks[c]
-            sess = self.factory.create(chunk_model(self.info, chunk, {n: self.types[n] for n in chunk.inputs}))
+            types = {n: self.types[n] for n in chunk.inputs}
+            sess = self.factory.create(chunk_model(self.info, chunk, types, frozenset(self.narrow)))
+            narrow = {arg.name: narrow_type(arg.type) for arg in sess.get_outputs()}
+            narrow = {k: v for k, v in narrow.items() if v}
+            if narrow:
+                # Outputs NumPy cannot hold: rebuild the chunk returning float32 copies.
+                self.narrow.update(narrow)
+                sess = self.factory.create(chunk_model(self.info, chunk, types, frozenset(self.narrow)))
             for arg in sess.get_outputs():
-                if arg.name not in self.types:
-                    self.types[arg.name] = type_proto(arg.type)
+                name = arg.name[: -len(WIDE_SUFFIX)] if arg.name.endswith(WIDE_SUFFIX) else arg.name
+                if name not in self.types:
+                    self.types[name] = type_proto(f"tensor({self.narrow[name]})" if name in self.narrow else arg.type)
             if not self.keep_sessions:
                 return sess  # one step only: the session is freed once its chunk has run
             self.sessions[c] = sess
@@ -205,7 +219,7 @@ def _trace_step(run: _Run, writer: TraceWriter, feed: dict[str, Any], *, step: i
 
     input_stats: dict[int, dict[str, Any] | None] = {}
 
-    def emit(node_id: int, kind: Kind, slot: int, value: Any) -> None:
+    def emit(node_id: int, kind: Kind, slot: int, value: Any, dtype: str | None = None) -> None:
         nonlocal seq
         if kind is Kind.INPUT:
             # A graph input read by several nodes is summarised once per step.
@@ -217,16 +231,19 @@ def _trace_step(run: _Run, writer: TraceWriter, feed: dict[str, Any], *, step: i
             rec = _tensor_record(value, binning=binning, median=median, channels=channels)
         if rec is None:
             return
+        if dtype is not None:
+            rec["dtype"] = dtype  # a narrow float summarised from its exact float32 copy
         rec.update(step=step, phase=phase.value, node_id=node_id, kind=kind.value, slot=str(slot), call=0, seq=seq)
         seq += 1
         rows.append(rec)
         if raw and isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-            writer.write_tensor(value, step=step, node_id=node_id, kind=kind.value, slot=str(slot), call=0, phase=phase.value)
+            writer.write_tensor(value, step=step, node_id=node_id, kind=kind.value, slot=str(slot), call=0, phase=phase.value, dtype=dtype)
 
     for c, chunk in enumerate(run.chunks):
         sess = run.session(c)
         try:
-            values = dict(zip(chunk.outputs, sess.run(chunk.outputs, {n: live[n] for n in chunk.inputs})))
+            wired = [run.wire(o) for o in chunk.outputs]
+            values = dict(zip(chunk.outputs, sess.run(wired, {run.wire(n): live[n] for n in chunk.inputs})))
         except Exception as exc:  # ORT raises its own Fail/InvalidArgument/RuntimeException types
             first, last = info.names[chunk.start], info.names[chunk.stop - 1]
             message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -241,7 +258,7 @@ def _trace_step(run: _Run, writer: TraceWriter, feed: dict[str, Any], *, step: i
                     if name in feed:
                         emit(i, Kind.INPUT, slot, feed[name])
                 for slot, name in info.captured_outputs(i):
-                    emit(i, Kind.ACTIVATION, slot, values[name])
+                    emit(i, Kind.ACTIVATION, slot, values[name], run.narrow.get(name))
             for name in info.nodes[i].output:
                 # Summarised and not needed later: freed now rather than with the chunk,
                 # so the statistics' temporaries never sit beside the whole chunk.

@@ -1,4 +1,10 @@
-"""Trace a single evaluation forward pass (used to compare PyTorch with ONNX Runtime)."""
+"""Trace a single evaluation forward pass (used to compare PyTorch with ONNX Runtime).
+
+Tracing leaves outputs as they are untraced, with one stated exception: modules that
+refuse their fused fast path whenever a hook is attached (``nn.TransformerEncoderLayer``)
+run their unfused path, whose output may differ by float rounding. Such modules are
+listed in the manifest's metadata under ``fast_path_off``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .graph import HOOKS_BLOCK_FAST_PATH
 from .tracer import TorchTracer
 
 __all__ = ["trace_forward"]
@@ -19,6 +26,8 @@ def trace_forward(model: nn.Module, inputs: Any, path: str | Path, **options: An
 
     Records activations (phase 'eval', step 0) of every traced module; gradients and
     weight kinds are off unless asked for. ``model.training`` is restored afterwards.
+    Outputs equal the untraced ones (``nn.MultiheadAttention`` keeps its fused path)
+    except for the modules the manifest lists under ``fast_path_off`` (see module doc).
 
     Args:
         model: The module.
@@ -31,6 +40,11 @@ def trace_forward(model: nn.Module, inputs: Any, path: str | Path, **options: An
     """
     opts: dict[str, Any] = {"phase": "eval", "gradients": False, "weights": False, "weight_grads": False}
     opts.update(options)
+    blocked = [name for name, m in model.named_modules() if isinstance(m, HOOKS_BLOCK_FAST_PATH)]
+    if blocked:
+        note = {"modules": blocked, "reason": "forward hooks switch off the fused eval fast path of these modules; their "
+                "unfused path may differ from an untraced run by float rounding"}  # fmt: skip
+        opts["metadata"] = {**(opts.get("metadata") or {}), "fast_path_off": note}
     was_training = model.training
     model.eval()
     try:

@@ -8,6 +8,13 @@ calls), and a :class:`torch.overrides.TorchFunctionMode` records every torch fun
 called *between* modules (residual ``add``, ``cat``, ``view``, ``getitem``, attention
 ``matmul`` ...) as a functional node whose scope is the enclosing module. A tensor's name
 is replaced when an in-place op rewrites it, so each name has exactly one producer.
+
+Modules with a fused fast path (``nn.MultiheadAttention``, ``nn.TransformerEncoder``) take
+it only when no torch-function mode is active, so the recording mode is suspended while
+they run and they are recorded as one unit (like a leaf, traced by default): tracing does
+not move them off the fused kernels or change their outputs. ``nn.TransformerEncoderLayer``
+refuses its fast path whenever any hook is attached to it, so a traced one runs its
+unfused path (:data:`HOOKS_BLOCK_FAST_PATH`; the trace's manifest says so).
 """
 
 from __future__ import annotations
@@ -25,7 +32,12 @@ from torch.overrides import TorchFunctionMode
 from .op_classes import functional_op_class, module_op_class
 from .slots import tensor_slots
 
-__all__ = ["ModuleIndex", "GraphRecorder", "module_attributes"]
+__all__ = ["ModuleIndex", "GraphRecorder", "module_attributes", "FUSED_FAST_PATH", "HOOKS_BLOCK_FAST_PATH"]
+
+#: Module types whose eval forward takes a fused kernel unless a torch-function mode is active.
+FUSED_FAST_PATH: tuple[type[nn.Module], ...] = (nn.MultiheadAttention, nn.TransformerEncoder)
+#: Module types whose fused fast path is refused whenever a forward hook is attached.
+HOOKS_BLOCK_FAST_PATH: tuple[type[nn.Module], ...] = (nn.TransformerEncoderLayer,)
 
 
 class ModuleIndex:
@@ -45,6 +57,8 @@ class ModuleIndex:
             head = q.rpartition(".")[0]
             self.parent[i] = self._id_of_name(head)
         self.leaf = {i: next(m.children(), None) is None for i, (_, m) in enumerate(self.modules)}
+        #: Recorded as one data-flow unit: leaves, and modules with a fused fast path.
+        self.unit = {i: self.leaf[i] or isinstance(m, FUSED_FAST_PATH) for i, (_, m) in enumerate(self.modules)}
 
     def _id_of_name(self, qualname: str) -> int:
         for i, (q, _) in enumerate(self.modules):
@@ -129,6 +143,7 @@ class GraphRecorder:
         self._counter: dict[tuple[str, str], int] = {}
         self._handles: list[Any] = []
         self._mode: _FunctionalMode | None = None
+        self._suspended: int | None = None
         #: Record at the next forward of the root (set by the owner).
         self.armed = False
         self.done = False
@@ -147,9 +162,10 @@ class GraphRecorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        if self._mode is not None:
+        if self._mode is not None and self._suspended is None:
             self._mode.__exit__(None, None, None)
-            self._mode = None
+        self._mode = None
+        self._suspended = None
         self._names.clear()
 
     @contextmanager
@@ -193,9 +209,13 @@ class GraphRecorder:
                 self._mode.__enter__()
             self._stack.append(node)
             self._mark(node)
-            if self.index.leaf[node] and self._leaf_depth == 0:
+            if self.index.unit[node] and self._leaf_depth == 0:
                 self._add_inputs(node, (args, kwargs))
-            if self.index.leaf[node]:
+                if not self.index.leaf[node] and self._mode is not None and self._suspended is None:
+                    # Leave the mode so that the module's fast-path check sees no torch function.
+                    self._mode.__exit__(None, None, None)
+                    self._suspended = node
+            if self.index.unit[node]:
                 self._leaf_depth += 1
 
         return hook
@@ -207,8 +227,11 @@ class GraphRecorder:
             self._stack.pop()
             call = self.calls.get(node, 0)
             self.calls[node] = call + 1
-            if self.index.leaf[node]:
+            if self.index.unit[node]:
                 self._leaf_depth -= 1
+                if self._suspended == node and self._mode is not None:
+                    self._mode.__enter__()
+                    self._suspended = None
                 if self._leaf_depth == 0:
                     base = self.index.name(node) + (f"#{call}" if call else "")
                     for slot, t in tensor_slots(output):
@@ -278,8 +301,8 @@ class GraphRecorder:
                     "op_class": module_op_class(m, container=not idx.leaf[i]).value,
                     "parent": idx.parent[i],
                     "container": not idx.leaf[i],
-                    "inputs": self.inputs[i] if idx.leaf[i] else [],
-                    "outputs": self.outputs[i] if idx.leaf[i] else [],
+                    "inputs": self.inputs[i] if idx.unit[i] else [],
+                    "outputs": self.outputs[i] if idx.unit[i] else [],
                     "attributes": module_attributes(m),
                     "param_count": sum(p.numel() for p in m.parameters(recurse=False)),
                     "order": self.order.get(i),

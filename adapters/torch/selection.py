@@ -48,7 +48,7 @@ def select_modules(
     chosen = []
     for node, (qualname, module) in enumerate(index.modules):
         if pats is None and module_types is None:
-            ok = index.leaf[node]
+            ok = index.unit[node]
         else:
             ok = (pats is None or matches(qualname, pats)) and (module_types is None or isinstance(module, module_types))
         if ok and not matches(qualname, excl):

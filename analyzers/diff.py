@@ -43,21 +43,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from tracefmt.errors import UsageError
 from tracefmt.findings import Finding, findings_table
 
 from .diff_compare import Comparison, compare_stats, compare_values, tolerance_for
 from .diff_match import Obs, Pair, Unmatched, match_sides
 from .diff_sides import Side, load_side
+from .diff_verdict import MIN_COVERAGE, check_phases, coverage, step_pairs, verdict
 
 __all__ = ["diff_traces", "DiffResult", "Compared", "DEFAULT_GROWTH", "ANALYZER_NAME", "MIN_COVERAGE"]
 
 #: A node whose error exceeds this factor times its worst input's error is a divergence origin.
 DEFAULT_GROWTH = 10.0
-#: Below this fraction of leaf modules (or of nodes) compared, the verdict is inconclusive.
-MIN_COVERAGE = 0.5
-#: Phases of one forward pass in inference mode (comparable with each other).
-_INFERENCE_PHASES = ("eval", "infer")
 #: The ``analyzer`` column of diff findings.
 ANALYZER_NAME = "diff"
 _MAX_WALK = 20000
@@ -252,39 +248,6 @@ def _open(trace: Any) -> Any:
     return trace
 
 
-def _step_pairs(a: Side, b: Side, notes: list[str]) -> list[tuple[int, int]]:
-    common = sorted(set(a.steps) & set(b.steps))
-    if common:
-        only = sorted(set(a.steps) ^ set(b.steps))
-        if only:
-            notes.append(f"steps {_steps_text(only)} are in one trace only and were not compared")
-        return [(s, s) for s in common]
-    # Different step numbering (e.g. a training step vs an inference run): compare in rank order.
-    pairs = list(zip(a.steps, b.steps))
-    if pairs:
-        notes.append(f"no step number in common: A's steps {_steps_text([p[0] for p in pairs])} compared with B's steps "
-                     f"{_steps_text([p[1] for p in pairs])} in rank order")  # fmt: skip
-    return pairs
-
-
-def _steps_text(steps: list[int]) -> str:
-    return ", ".join(str(s) for s in steps[:6]) + (f" ... ({len(steps)} in all)" if len(steps) > 6 else "")
-
-
-def _check_phases(sa: Side, sb: Side, explicit: bool, notes: list[str]) -> None:
-    """Refuse a training phase against an inference phase unless both phases were named."""
-    if sa.phase == sb.phase:
-        return
-    inference = sa.phase in _INFERENCE_PHASES and sb.phase in _INFERENCE_PHASES
-    if not inference and not explicit:
-        raise UsageError(
-            f"trace A's activations are phase {sa.phase!r} and trace B's {sb.phase!r}: a training pass (dropout on, batch "
-            "statistics) and an inference pass differ by design; name both phases (phase_a/phase_b, --phase-a/--phase-b) "
-            "to compare them anyway"
-        )
-    notes.append(f"phases differ: A {sa.phase!r} vs B {sb.phase!r}")
-
-
 def _compare(
     a: Side, b: Side, oa: Obs, ob: Obs, steps: list[tuple[int, int]], atol: float | None, rtol: float | None
 ) -> tuple[Comparison, int, Any, Any]:
@@ -353,13 +316,13 @@ def diff_traces(
     sa = load_side(ta, "a", phase=phase_a, steps=steps)
     sb = load_side(tb, "b", phase=phase_b, steps=steps)
     notes: list[str] = []
-    _check_phases(sa, sb, phase_a is not None and phase_b is not None, notes)
-    step_pairs = _step_pairs(sa, sb, notes)
+    check_phases(sa, sb, phase_a is not None and phase_b is not None, notes)
+    pairs_of_steps = step_pairs(sa, sb, notes)
     pairs, ua, ub = match_sides(sa, sb, by=by)
-    compared = [_make(sa, sb, p, step_pairs, atol, rtol) for p in pairs]
+    compared = [_make(sa, sb, p, pairs_of_steps, atol, rtol) for p in pairs]
     if sa.op_level != sb.op_level:
         module, label = (sa, "a") if not sa.op_level else (sb, "b")
-        compared, unmatched = _refold(sa, sb, module, label, compared, ua if label == "a" else ub, step_pairs, atol, rtol)
+        compared, unmatched = _refold(sa, sb, module, label, compared, ua if label == "a" else ub, pairs_of_steps, atol, rtol)
         if label == "a":
             ua = unmatched
         else:
@@ -367,8 +330,8 @@ def diff_traces(
     compared.sort(key=lambda c: c.pair.order)
     _mark_origins(sa, sb, compared, growth)
     first = next((c for c in compared if c.status == "origin"), None)
-    coverage = _coverage(sa, sb, compared, ua, ub)
-    verdict, reasons = _verdict(compared, first, coverage, step_pairs)
+    cov = coverage(sa, sb, compared, ua, ub)
+    outcome, reasons = verdict(compared, first, cov, pairs_of_steps)
     drift = [c for c in compared if c.status == "drift"]
     if drift:
         worst = max(drift, key=lambda c: c.error)
@@ -377,23 +340,8 @@ def diff_traces(
     inferred = sum(c.match == "inferred" for c in compared)
     if inferred:
         notes.append(f"{inferred} output slot(s) of multi-output modules matched by statistics signature (inferred)")
-    return DiffResult(compared, ua, ub, first, step_pairs, coverage, str(ta.path), str(tb.path), verdict, reasons, notes,
+    return DiffResult(compared, ua, ub, first, pairs_of_steps, cov, str(ta.path), str(tb.path), outcome, reasons, notes,
                       (sa.phase, sb.phase))  # fmt: skip
-
-
-def _verdict(compared: list[Compared], first: Compared | None, coverage: dict[str, Any], steps: list) -> tuple[str, list[str]]:
-    """'divergent' when an origin exists, 'inconclusive' (with reasons) when too little was compared, else 'agree'."""
-    if first is not None:
-        return "divergent", []
-    reasons = []
-    if not steps:
-        reasons.append("the traces have no step to compare")
-    if not compared:
-        reasons.append("no tensor was compared (nothing matched between the traces)")
-    fraction = coverage.get("fraction")
-    if compared and fraction is not None and fraction < MIN_COVERAGE:
-        reasons.append(f"only {fraction:.0%} of the {coverage['of']} were compared (below {MIN_COVERAGE:.0%})")
-    return ("inconclusive", reasons) if reasons else ("agree", [])
 
 
 def _module_order(module: Side) -> list[Obs]:
@@ -515,46 +463,3 @@ def _feeding(
         if producer is not None:
             queue.extend(side.nodes[producer].inputs)
     return sorted(found)
-
-
-def _coverage(sa: Side, sb: Side, compared: list[Compared], ua: list[Unmatched], ub: list[Unmatched]) -> dict[str, Any]:
-    """How much was compared.
-
-    Module vs op: leaf modules of the module-level side matched (compared) and matched or
-    accounted for (fused/folded/identity), and the op-level side's observed nodes
-    compared directly or covered by a matched module's op group. Same granularity: the
-    observed nodes of each side that were matched. ``fraction`` (what the verdict
-    judges) is the leaf-module fraction, or the smaller node fraction of the two sides.
-    """
-    if sa.op_level == sb.op_level:
-        nodes_a, nodes_b = {o[0] for o in sa.records}, {o[0] for o in sb.records}
-        matched_a, matched_b = {c.a_node_id for c in compared}, {c.b_node_id for c in compared}
-        fa = len(matched_a) / len(nodes_a) if nodes_a else 0.0
-        fb = len(matched_b) / len(nodes_b) if nodes_b else 0.0
-        return {"side": None, "matched_nodes_a": len(matched_a), "nodes_a": len(nodes_a), "matched_nodes_b": len(matched_b),
-                "nodes_b": len(nodes_b), "fraction": min(fa, fb), "of": "observed nodes"}  # fmt: skip
-    module, label, unmatched = (sa, "a", ua) if not sa.op_level else (sb, "b", ub)
-    ops = sb if label == "a" else sa
-    leaves = {o[0] for o in module.records if not module.nodes[o[0]].container}
-    matched = {(c.a_node_id if label == "a" else c.b_node_id) for c in compared} & leaves
-    accounted = {u.node_id for u in unmatched if u.reason.startswith(("fused", "folded", "identity"))} & leaves
-    op_nodes = {o[0] for o in ops.records}
-    op_compared = {(c.b_node_id if label == "a" else c.a_node_id) for c in compared} & op_nodes
-    op_covered = set().union(*[c.pair.group for c in compared if c.pair is not None and c.key]) & op_nodes if compared else set()
-    op_covered |= op_compared
-    return {
-        "side": label,
-        "leaf_modules": len(leaves),
-        "matched": len(matched),
-        "matched_fraction": len(matched) / len(leaves) if leaves else 0.0,
-        "accounted": len(matched | accounted),
-        "accounted_fraction": len(matched | accounted) / len(leaves) if leaves else 0.0,
-        "unaccounted": sorted(module.nodes[n].name for n in leaves - matched - accounted),
-        "op_nodes": len(op_nodes),
-        "op_nodes_compared": len(op_compared),
-        "op_nodes_compared_fraction": len(op_compared) / len(op_nodes) if op_nodes else 0.0,
-        "op_nodes_covered": len(op_covered),
-        "op_nodes_covered_fraction": len(op_covered) / len(op_nodes) if op_nodes else 0.0,
-        "fraction": len(matched) / len(leaves) if leaves else 0.0,
-        "of": "leaf modules",
-    }

@@ -35,6 +35,11 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "float32": (1e-5, 1e-4),
     "float16": (1e-3, 1e-2),
     "bfloat16": (1e-2, 5e-2),
+    # Float8 carries 2-3 mantissa bits: half a unit in the last place is 1/16 (e4m3) or 1/8 (e5m2).
+    "float8e4m3fn": (1e-2, 0.125),
+    "float8e4m3fnuz": (1e-2, 0.125),
+    "float8e5m2": (1e-2, 0.25),
+    "float8e5m2fnuz": (1e-2, 0.25),
 }
 
 _STATS = ("mean", "abs_mean", "std", "min", "max", "l2")
@@ -55,7 +60,8 @@ def tolerance_for(dtype_a: str, dtype_b: str, *, atol: float | None = None, rtol
     explicit ``atol``/``rtol`` replaces the default for floating types. Integer and bool
     tensors compare exactly unless a tolerance is given.
     """
-    defaults = [DEFAULT_TOLERANCES.get(d) for d in (dtype_a, dtype_b)]
+    # 'float8_e4m3fn' (PyTorch) and 'float8e4m3fn' (ONNX Runtime) name one type.
+    defaults = [DEFAULT_TOLERANCES.get(d.replace("_", "")) for d in (dtype_a, dtype_b)]
     known = [d for d in defaults if d is not None]
     base = (max(d[0] for d in known), max(d[1] for d in known)) if known else (0.0, 0.0)
     return Tolerance(base[0] if atol is None else float(atol), base[1] if rtol is None else float(rtol))

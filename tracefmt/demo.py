@@ -335,7 +335,7 @@ def _summary(result: DemoResult, stream: TextIO, *, wide: bool = False) -> None:
             w(f"      ... {len(shown) - 8} more in the report\n")
     d = result.diff
     if d:
-        verdict = f"first divergence at {d['first_divergence']}" if d["divergent"] else "no divergence"
+        verdict = f"first divergence at {d['first_divergence']}" if d["divergent"] else {"agree": "no divergence"}.get(d["verdict"], d["verdict"])
         w(
             f"  ONNX Runtime vs PyTorch (eval, same batch): {verdict}; {d['compared']} tensors compared, largest error {d['max_error']:.3g}x tolerance\n"
         )
@@ -396,6 +396,7 @@ def _run(out: Path, *, quick: bool, stream: TextIO, progress: bool, t0: float, w
     errors = [c.error for c in diff.compared if math.isfinite(c.error)]
     result.diff = {
         "divergent": diff.divergent,
+        "verdict": diff.verdict,
         "first_divergence": diff.first_divergence.a_node if diff.first_divergence else None,
         "compared": len(diff.compared),
         "max_error": max(errors, default=0.0),

@@ -150,7 +150,7 @@ def trace_onnx(
             the nodes table), e.g. ``('ConstantOfShape',)`` for models that generate their
             weights at run time. Defaults to none.
         phase: Phase of the records: 'infer', or 'eval' to sit beside a PyTorch eval
-            trace. The diff ignores phases when each trace has one. Defaults to 'infer'.
+            trace. The diff compares eval with infer (and states it). Defaults to 'infer'.
         start_step: Step number of the first feed. Defaults to 0.
         mode: Writer mode: 'create', 'overwrite' or 'append'. Defaults to 'create'.
         model_name: Model name for the manifest. Defaults to the file's stem or graph name.

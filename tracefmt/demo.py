@@ -335,7 +335,9 @@ def _summary(result: DemoResult, stream: TextIO, *, wide: bool = False) -> None:
             w(f"      ... {len(shown) - 8} more in the report\n")
     d = result.diff
     if d:
-        verdict = f"first divergence at {d['first_divergence']}" if d["divergent"] else {"agree": "no divergence"}.get(d["verdict"], d["verdict"])
+        verdict = (
+            f"first divergence at {d['first_divergence']}" if d["divergent"] else {"agree": "no divergence"}.get(d["verdict"], d["verdict"])
+        )
         w(
             f"  ONNX Runtime vs PyTorch (eval, same batch): {verdict}; {d['compared']} tensors compared, largest error {d['max_error']:.3g}x tolerance\n"
         )

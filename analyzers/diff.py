@@ -387,13 +387,25 @@ def _refold(sa: Side, sb: Side, module: Side, label: str, compared: list[Compare
             i = position[key]
             prev = order[i - 1] if i > 0 else None
             nxt = next((o for o in order[i + 1 :] if o in matched), None)
+            node = module.nodes[key[0]]
             if prev is not None and _agrees(module, key, prev, steps, label, atol, rtol):
                 u.reason = "identity: equals the previous module's output; no ONNX node (removed by the exporter)"
-            elif nxt is not None and order.index(nxt) == i + 1:
+            elif node.outputs and not node.inputs:
+                # Its recorded inputs derive from no model input (a position table, an arange).
+                u.reason = "constant: its output does not depend on the model's inputs; the exporter computed it ahead of time"
+            elif nxt is not None and order.index(nxt) == i + 1 and _feeds(module, key, nxt):
                 other = matched[nxt]
                 u.reason = f"folded: no ONNX node of its own; folded into {other.b_node if label == 'a' else other.a_node} (matched to {other.key})"
         refined.append(u)
     return out, refined
+
+
+def _feeds(module: Side, x: Obs, y: Obs) -> bool:
+    """True when module ``x``'s output is read by module ``y`` (or the trace has no data flow to tell)."""
+    outs, ins = module.nodes[x[0]].outputs, module.nodes[y[0]].inputs
+    if not outs or not ins:
+        return not any(n.outputs for n in module.nodes.values())
+    return bool(set(outs) & set(ins))
 
 
 def _agrees(module: Side, x: Obs, y: Obs, steps: list[tuple[int, int]], label: str, atol: float | None, rtol: float | None) -> bool:

@@ -10,7 +10,9 @@ Three cases, by the granularity of each side (:mod:`tracefmt.analyzers.diff_side
   or below it form the module's op *group*; a module called several times per forward
   (one ReLU used twice) yields several groups with the same scope, split where a new node
   does not read the current group although the group's output has already been used
-  outside it; groups are matched to the module's calls in execution order. The module's
+  outside it (by a node of another scope, or by an unscoped node whose outputs do not all
+  return into the scope: exporters leave shape arithmetic unscoped inside a module);
+  groups are matched to the module's calls in execution order. The module's
   output is the group's tensor that leaves the group (read outside it, or a graph
   output) with the same shape, the latest in execution order.
 """
@@ -142,9 +144,21 @@ class _OpGroups:
         out: list[list[int]] = []
         current: list[int] = []
         produced: set[str] = set()
+
+        def outside(c: int) -> bool:
+            # An unscoped helper (shape arithmetic the exporter left without a scope) whose
+            # outputs all return into this scope is not a use outside the group.
+            if c in member_ids:
+                return False
+            node = self.side.nodes[c]
+            if node.scope:
+                return True
+            readers = [r for t in node.outputs if t for r in self.side.consumers(t)]
+            return not readers or any(r not in member_ids for r in readers)
+
         for n in members:
             if current and not any(t in produced for t in n.inputs):
-                used_outside = any(c not in member_ids and order.get(c, -1) < n.order for t in produced for c in self.side.consumers(t))
+                used_outside = any(outside(c) and order.get(c, -1) < n.order for t in produced for c in self.side.consumers(t))
                 if used_outside:
                     out.append(current)
                     current, produced = [], set()

@@ -99,7 +99,7 @@ def coverage(sa: Side, sb: Side, compared: list[Any], ua: list[Unmatched], ub: l
     ops = sb if label == "a" else sa
     leaves = {o[0] for o in module.records if not module.nodes[o[0]].container}
     matched = {(c.a_node_id if label == "a" else c.b_node_id) for c in compared} & leaves
-    accounted = {u.node_id for u in unmatched if u.reason.startswith(("fused", "folded", "identity"))} & leaves
+    accounted = {u.node_id for u in unmatched if u.reason.startswith(("fused", "folded", "identity", "constant"))} & leaves
     op_nodes = {o[0] for o in ops.records}
     op_compared = {(c.b_node_id if label == "a" else c.a_node_id) for c in compared} & op_nodes
     op_covered = set().union(*[c.pair.group for c in compared if c.pair is not None and c.key]) & op_nodes if compared else set()

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from models import digits, residual_cnn
+from torch import nn
 
 from tracefmt.adapters.onnxruntime import trace_onnx
 from tracefmt.adapters.torch import TorchTracer, trace_forward
@@ -104,3 +105,32 @@ def test_one_growth_rule_judges_every_tensor(errors, statuses):
     module_level = SimpleNamespace(op_level=False)  # two module-level sides: the previous pair feeds the next
     mark_origins(module_level, module_level, compared, 10.0)
     assert [c.status for c in compared] == statuses
+
+
+class _Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(4, 8)
+        self.lstm = nn.LSTM(8, 8, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(self.emb(x))
+        return self.fc(h[:, -1])
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_lstm_is_one_op_group_despite_unscoped_shape_nodes(tmp_path, dynamo):
+    # The TorchScript export computes the LSTM's initial state with shape arithmetic
+    # partly left unscoped; those nodes must not split the LSTM's call into several groups.
+    torch.manual_seed(0)
+    model = _Recurrent().eval()
+    x = torch.randn(2, 5, 4)
+    trace_forward(model, x, tmp_path / "t.trace")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=dynamo, input_names=["x"])
+    trace_onnx(tmp_path / "m.onnx", {"x": x.numpy()}, tmp_path / "o.trace")
+    result = diff_traces(tmp_path / "t.trace", tmp_path / "o.trace")
+    assert result.verdict == "agree" and result.coverage["matched"] == 3
+    assert any(c.key == "lstm" and c.a_slot == "0" and c.error <= 1 for c in result.compared)

@@ -144,7 +144,7 @@ def type_proto(ort_type: str) -> Any:
     if t.startswith("map(") and t.endswith(")"):
         key, value = t[4:-1].split(",", 1)
         return helper.make_map_type_proto(_elem(key.strip()), type_proto(value))
-    raise UsageError(f"cannot pass a value of type {ort_type} between chunks; trace with chunk_outputs=None")
+    raise UsageError(f"cannot pass a value of type {ort_type} between chunks; trace with chunk_outputs=None (CLI: --chunk-outputs 0)")
 
 
 def _elem(name: str) -> int:
@@ -163,7 +163,7 @@ def _elem(name: str) -> int:
         if code is not None:
             table[narrow] = code
     if name not in table:
-        raise UsageError(f"unsupported element type {name!r} between chunks; trace with chunk_outputs=None")
+        raise UsageError(f"unsupported element type {name!r} between chunks; trace with chunk_outputs=None (CLI: --chunk-outputs 0)")
     return table[name]
 
 

@@ -79,7 +79,9 @@ class _Run:
     def session(self, c: int) -> Any:
         if self.sessions[c] is None:
             chunk = self.chunks[c]
-            types = {n: self.types[n] for n in chunk.inputs}
+            # Types are converted only for tensors that cross into this chunk, so a type
+            # no chunk boundary can carry fails only where chunking needs it.
+            types = {n: self.types[n] if not isinstance(self.types[n], str) else type_proto(self.types[n]) for n in chunk.inputs}
             sess = self.factory.create(chunk_model(self.info, chunk, types, frozenset(self.narrow)))
             narrow = {arg.name: narrow_type(arg.type) for arg in sess.get_outputs()}
             narrow = {k: v for k, v in narrow.items() if v}
@@ -90,7 +92,7 @@ class _Run:
             for arg in sess.get_outputs():
                 name = arg.name[: -len(WIDE_SUFFIX)] if arg.name.endswith(WIDE_SUFFIX) else arg.name
                 if name not in self.types:
-                    self.types[name] = type_proto(f"tensor({self.narrow[name]})" if name in self.narrow else arg.type)
+                    self.types[name] = f"tensor({self.narrow[name]})" if name in self.narrow else arg.type
             if not self.keep_sessions:
                 return sess  # one step only: the session is freed once its chunk has run
             self.sessions[c] = sess

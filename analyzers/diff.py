@@ -390,6 +390,8 @@ def _refold(sa: Side, sb: Side, module: Side, label: str, compared: list[Compare
             node = module.nodes[key[0]]
             if prev is not None and _agrees(module, key, prev, steps, label, atol, rtol):
                 u.reason = "identity: equals the previous module's output; no ONNX node (removed by the exporter)"
+            elif module.phase != "train" and (node.op_class == "dropout" or node.op_type == "Identity"):
+                u.reason = f"identity: {node.op_type} is the identity outside training; no ONNX node (removed by the exporter)"
             elif node.outputs and not node.inputs:
                 # Its recorded inputs derive from no model input (a position table, an arange).
                 u.reason = "constant: its output does not depend on the model's inputs; the exporter computed it ahead of time"

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tracefmt.errors import UsageError
+from tracefmt.op_classes import node_op_classes
 
 __all__ = ["Node", "Side", "load_side", "RECORD_COLUMNS"]
 
@@ -37,6 +38,7 @@ class Node:
     inputs: list[str]
     outputs: list[str]
     order: int
+    op_class: str = "other"
 
 
 @dataclass
@@ -112,10 +114,14 @@ def load_side(trace: Any, label: str, *, phase: str | None = None, steps: list[i
     phase = _pick_phase(trace, phase)
     n = trace.nodes
     nodes: dict[int, Node] = {}
-    for row in n.select(["node_id", "name", "scope", "op_type", "container", "inputs", "outputs", "order"]).to_pylist():
+    rows = n.select(["node_id", "name", "scope", "op_type", "container", "inputs", "outputs", "order"]).to_pylist()
+    stated = n.column("op_class").to_pylist() if "op_class" in n.schema.names else [None] * len(rows)
+    classes, _ = node_op_classes(stated, [r["op_type"] for r in rows], [bool(r["container"]) for r in rows])
+    for row, op_class in zip(rows, classes):
         nodes[row["node_id"]] = Node(
             row["node_id"], row["name"], row["scope"] or "", row["op_type"], bool(row["container"]),
             list(row["inputs"] or []), list(row["outputs"] or []), row["order"] if row["order"] is not None else row["node_id"],
+            str(op_class),
         )  # fmt: skip
     available = trace.records.schema.names
     cols = [c for c in RECORD_COLUMNS if c in available]

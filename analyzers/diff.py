@@ -203,13 +203,15 @@ class DiffResult:
         """The findings as an Arrow table with the spec's findings schema."""
         return findings_table(self.findings_for(side))
 
-    def verdict(self) -> str:
+    def verdict_line(self) -> str:
         """The one-line verdict ``tracefmt diff`` prints (the report and notebooks show the same)."""
         from tracefmt.cli._output import fmt_value
 
         first = self.first_divergence
+        if self.verdict == "inconclusive":
+            return f"inconclusive: {'; '.join(self.reasons)} ({len(self.compared)} tensors compared)"
         if first is None:
-            return f"no divergence: {len(self.compared)} tensors compared, all within tolerance or inherited"
+            return f"no divergence: {len(self.compared)} tensors compared, all within tolerance or drift below the growth factor"
         return (
             f"first divergence: {first.key or first.a_node} (call {first.call}) A {first.a_node} vs B {first.b_node}: "
             f"{first.metric} error {fmt_value(first.error)}x tolerance (atol {first.atol:g}, rtol {first.rtol:g}), worst input {fmt_value(first.input_error)}x"

@@ -115,7 +115,9 @@ def report_html(report: Any) -> str:
 def diff_html(result: Any) -> str:
     """The ``_repr_html_`` of a diff result: the same verdict line as ``tracefmt diff``, then the pairs around it."""
     first = result.first_divergence
-    if first is None:
+    if result.verdict == "inconclusive":
+        head = f"<p><b style='color:{_COLOURS['warning']}'>inconclusive</b>: {_e('; '.join(result.reasons))}</p>"
+    elif first is None:
         head = (
             f"<p><b style='color:#1b7f3b'>no divergence</b>: {len(result.compared)} tensors compared, all within tolerance or inherited</p>"
         )

@@ -224,7 +224,7 @@ def _compare_sections(trace: Trace, other: Trace, info: ReportInfo, *, depth: in
     keys = list(dict.fromkeys([r["field"] for r in a] + [r["field"] for r in b]))
     av, bv = {r["field"]: r["value"] for r in a}, {r["field"]: r["value"] for r in b}
     side = H.table([{"field": k, "this run": av.get(k), "compared run": bv.get(k)} for k in keys], ["field", "this run", "compared run"])
-    verdict = f'<p class="{"error-note" if diff.divergent else "note"}"><b>{H.escape(diff.verdict())}</b></p>'
+    verdict = f'<p class="{"error-note" if diff.verdict != "agree" else "note"}"><b>{H.escape(diff.verdict_line())}</b></p>'
     sections = [("compare", f"Compared with {other.path.name}", side + "<h3>Diff</h3>" + verdict + _findings_section(findings))]
     if any(r.get("value") is not None for r in findings.to_pylist()):
         g = render_graph(trace, metric=Metric.DIFF_ERROR, findings=findings, depth=depth if depth is not None else suggested_depth(trace))

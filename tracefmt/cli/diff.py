@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from . import EXIT_FOUND, EXIT_OK
-from ._output import add_format_option, emit_json, fmt_value, print_table
+from ._output import add_format_option, emit_json, print_table
 
 _COLUMNS = ("pos", "key", "call", "a_node", "b_node", "dtype", "error", "metric", "input_error", "status", "match")
 
@@ -66,16 +66,7 @@ def run(args: argparse.Namespace) -> int:
     out.write(_coverage_line(result.coverage) + "\n")
     for note in result.notes:
         out.write(f"note: {note}\n")
-    first = result.first_divergence
-    if result.verdict == "inconclusive":
-        out.write(f"inconclusive: {'; '.join(result.reasons)} ({len(result.compared)} tensors compared)\n")
-    elif first is None:
-        out.write(f"no divergence: {len(result.compared)} tensors compared, all within tolerance or drift below the growth factor\n")
-    else:
-        out.write(
-            f"first divergence: {first.key or first.a_node} (call {first.call}) A {first.a_node} vs B {first.b_node}: "
-            f"{first.metric} error {fmt_value(first.error)}x tolerance (atol {first.atol:g}, rtol {first.rtol:g}), worst input {fmt_value(first.input_error)}x\n"
-        )
+    out.write(result.verdict_line() + "\n")
     return code
 
 

@@ -50,7 +50,9 @@ def _mlp(seed: int = 0) -> onnx.ModelProto:
 
 
 def _records(path) -> list[dict]:
-    return tracefmt.open(path).read().sort_by([("step", "ascending"), ("seq", "ascending")]).to_pylist()
+    """The records of a trace, in order, without ``run_id`` (each capture is a run of its own)."""
+    table = tracefmt.open(path).read().sort_by([("step", "ascending"), ("seq", "ascending")])
+    return table.drop_columns([c for c in ("run_id",) if c in table.column_names]).to_pylist()
 
 
 def _feed(seed: int = 0) -> dict[str, np.ndarray]:

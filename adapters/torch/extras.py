@@ -18,10 +18,18 @@ from .device_stats import as_float
 __all__ = ["channel_vector", "matrix_vector", "median_vector"]
 
 
-def channel_vector(x: torch.Tensor, axis: int) -> torch.Tensor:
-    """``[pos_frac (C), mean (C)]`` along ``axis``: fraction > 0 and mean of the finite elements."""
+def channel_vector(x: torch.Tensor, axis: int, *, native: bool = True) -> torch.Tensor:
+    """``[pos_frac (C), mean (C)]`` along ``axis``: fraction > 0 and mean of the finite elements.
+
+    Args:
+        x: The tensor.
+        axis: The channel axis.
+        native: CPU tensors through tracefmt's native kernel (the statistics kernel's
+            ``cpu_reduction`` setting); False keeps them on the torch operations every
+            other device uses. Defaults to True.
+    """
     v = x.detach()
-    if v.device.type == "cpu":
+    if native and v.device.type == "cpu":
         # tracefmt's own kernel: one pass, no temporaries the size of the tensor.
         f = v if v.dtype in (torch.float32, torch.float64) else v.float() if v.is_floating_point() else v.to(torch.float64)
         r = channel_sums(f.contiguous().numpy(), axis % max(f.ndim, 1))

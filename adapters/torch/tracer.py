@@ -485,7 +485,7 @@ class TorchTracer:
             if chan and t.ndim >= 2 and numel:
                 axis = channel_axis(module, t.ndim) if module is not None else 1
                 obs.channels, obs.channel_axis = int(t.shape[axis]), axis
-                parts.append(channel_vector(t, axis))
+                parts.append(channel_vector(t, axis, native=self.kernel.cpu_reduction))
             vector = None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts)
             copy = self._unusual.for_raw(node, t) if raw else None
             self._batch.add(obs, vector)

@@ -80,6 +80,22 @@ class Report:
         return worst_severity(self.findings_list)
 
     @property
+    def verdict(self) -> str:
+        """One line: ``'Root cause: ... at step ... because ...'`` or ``'No problems found.'``."""
+        from .verdict import verdict
+
+        return verdict(self.findings_list)
+
+    @property
+    def grouped(self) -> list[Finding]:
+        """The findings, most severe first, with many of one kind shown as one (see :func:`~tracefmt.analyzers.verdict.group_findings`)."""
+        from .verdict import group_findings, root_cause
+
+        root = root_cause(self.findings_list)
+        ordered = sorted(self.findings_list, key=lambda f: (f is not root, -f.severity.rank))
+        return group_findings(ordered)
+
+    @property
     def has_errors(self) -> bool:
         """True if any finding has severity error."""
         return self.worst is Severity.ERROR
@@ -124,8 +140,10 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: findings rows, skipped analyzers, parameters."""
         return {
+            "verdict": self.verdict,
             "traces": [str(t.path) for t in self.traces],
             "findings": self.findings.to_pylist(),
+            "grouped": findings_table(self.grouped).to_pylist(),
             "skipped": [{"analyzer": s.analyzer, "trace": s.trace, "reason": s.reason} for s in self.skipped_list],
             "ran": sorted({*self.results, *(n for r in self.per_trace for n in r)}),
             "params": self.params,

@@ -39,6 +39,11 @@ class LrRise:
     step: int
     value: float
 
+    def describe(self) -> str:
+        """``"The learning rate ('lr') rose 1e4 x, from ... at step ... to ... (past 10 x at step ...)"``."""
+        return (f"The learning rate ('{self.name}') rose {self.factor:.3g} x, from {self.start_value:.3g} at step {self.start_step}"
+                f" to {self.value:.3g} (past {LR_RISE_FACTOR:g} x at step {self.step})")  # fmt: skip
+
     @property
     def factor(self) -> float:
         """How many times the rate grew."""
@@ -89,7 +94,6 @@ def lr_rise_note(trace: Trace) -> Callable[[int], str]:
         rise = lr_rise_before(trace, step)
         if rise is None:
             return ""
-        return (f" Root cause: the learning rate ('{rise.name}') rose {rise.factor:.3g} x before it, from {rise.start_value:.3g} at step {rise.start_step}"
-                f" to {rise.value:.3g} (past {LR_RISE_FACTOR:g} x at step {rise.step}).")  # fmt: skip
+        return f" {rise.describe()} before it."
 
     return note

@@ -100,20 +100,12 @@ class _DeadConsumer(RecordConsumer):
             self.w0 = min(self.grid.size - 1, int(np.floor(self.grid.size * (1.0 - float(params["window"])))))
             self.window_start = int(self.grid.start(self.w0))
         self.unit_max: dict[int, np.ndarray] = {}
-        self.learning: set[int] = set()
         self.index: Any = None
 
     def consume(self, view: Any) -> None:
         if self.stats is None:
             return
         self.index = view.index
-        grads = view.rows(kinds=("weight_grad",), phases=self.phases)
-        if grads is None or len(grads):
-            # Nodes whose parameters receive a gradient: only they can "fail to learn".
-            l2 = view.f64("l2")
-            at = np.arange(view.num_rows) if grads is None else grads
-            ids = view.batch.column("node_id").to_numpy()
-            self.learning.update(np.unique(ids[at][np.nan_to_num(l2[at]) > 0]).tolist())
         rows = view.rows(kinds=("activation",), phases=self.phases)
         if rows is not None and not len(rows):
             return
@@ -186,7 +178,7 @@ class _DeadConsumer(RecordConsumer):
             for f in result.findings
         ]
         result.findings += _dead_units(unit_max, series, w0, nodes, dead_nodes, params, window_start, grid, later)
-        result.findings += _constant_outputs(series, w0, nodes, dead_nodes, params, window_start, later, self.learning)
+        result.findings += _constant_outputs(series, w0, nodes, dead_nodes, params, window_start, later, trace)
         result.figures["dead_fraction"] = lambda: _plot_fraction(series, frac, nodes, params)
         if unit_max:
             result.figures["dead_units"] = lambda: _plot_units(unit_max, nodes)
@@ -414,41 +406,49 @@ def _dead_units(
 
 
 def _constant_outputs(
-    series: LayerSeries, w0: int, nodes: dict, dead_nodes: set[int], params: dict, window_start: int, later: Any, learning: set[int]
+    series: LayerSeries, w0: int, nodes: dict, dead_nodes: set[int], params: dict, window_start: int, later: Any, trace: Trace
 ) -> list[Finding]:
-    out = []
+    """Layers whose output never changes over the window.
+
+    A warning only when the claim "it ignores its input" can be checked: the layer holds
+    parameters and a producer of its input (a graph edge) has an output that does change.
+    A table looked up at fixed positions (sinusoidal position embeddings) is constant
+    because its input is, by design: info.
+    """
     rtol = float(params["constant_rtol"])
     count = series.count("mean")[:, w0:]
     spans = {}
     for metric in ("mean", "std", "l2"):
         lo = series.extreme(metric, "min")[:, w0:]
         hi = series.extreme(metric, "max")[:, w0:]
-        spans[metric] = (
-            np.nanmin(np.where(np.isnan(lo), np.inf, lo), axis=1, initial=np.inf),
-            np.nanmax(np.where(np.isnan(hi), -np.inf, hi), axis=1, initial=-np.inf),
-        )
+        spans[metric] = (np.nanmin(np.where(np.isnan(lo), np.inf, lo), axis=1, initial=np.inf), np.nanmax(np.where(np.isnan(hi), -np.inf, hi), axis=1, initial=-np.inf))
     steps_seen = (count > 0).sum(axis=1) * series.grid.width
-    reported: set[int] = set()
+    constant: dict[int, int] = {}
+    varying: set[int] = set()
     for i, (nid, _kind, _slot) in enumerate(series.keys):
-        if nid in dead_nodes or nid in reported or steps_seen[i] < 3 or count[i].sum() < 3:
+        if steps_seen[i] < 3 or count[i].sum() < 3:
             continue
-        constant = True
-        for lo, hi in spans.values():
-            a, b = lo[i], hi[i]
-            if not (np.isfinite(a) and np.isfinite(b)) or (b - a) > rtol * max(abs(a), abs(b), 1e-30):
-                constant = False
-                break
-        if not constant:
+        same = all(np.isfinite(lo[i]) and np.isfinite(hi[i]) and (hi[i] - lo[i]) <= rtol * max(abs(lo[i]), abs(hi[i]), 1e-30) for lo, hi in spans.values())
+        if same:
+            constant.setdefault(nid, i)
+        else:
+            varying.add(nid)
+    producers: dict[int, set[int]] = {}
+    for a, b, _ in trace.edges() if constant else ():
+        producers.setdefault(b, set()).add(a)
+    out = []
+    for nid, i in constant.items():
+        if nid in dead_nodes or nid in varying:
             continue
-        reported.add(nid)
         name = _name(nodes, nid)
-        # Only a layer whose parameters receive a gradient is expected to change: a frozen
-        # table (sinusoidal positions) over a fixed input is constant by design.
-        learns = nid in learning
+        learns = nid < len(nodes["param_count"]) and nodes["param_count"][nid] > 0
+        input_varies = bool(producers.get(nid, set()) & varying)
         cause = later(nid)
         out.append(Finding(
-            "dead", "constant-output", "warning" if learns and not cause else "info",
-            f"The output of '{name}' never changes over the last steps (mean {spans['mean'][0][i]:.4g}, std {spans['std'][0][i]:.4g}): it ignores its input{' and its parameters do not learn' if learns else ''}{cause}.",
+            "dead", "constant-output", "warning" if learns and input_varies and not cause else "info",
+            f"The output of '{name}' never changes over the last steps (mean {spans['mean'][0][i]:.4g}, std {spans['std'][0][i]:.4g})"
+            + (f": it ignores its input{' and its parameters do not learn' if learns else ''}" if input_varies else ", nor does its input")
+            + f"{cause}.",
             node_id=nid, node=name, step_first=window_start, step_last=series.grid.last, metric="relative_spread", value=0.0, threshold=rtol,
         ))  # fmt: skip
     return out

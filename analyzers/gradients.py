@@ -123,6 +123,7 @@ class _GradientsConsumer(RecordConsumer):
             if k == "weight_grad" and np.isfinite(peak[i]).any()
         }
         result.findings += _ratio_findings(ratios, nodes, params, grid, grads)
+        result.findings += _frozen_findings(series, nodes, ratios, grads, grid)
         result.data["steps"] = grid.starts.tolist()
         result.figures["gradient_rms"] = lambda: _plot_rms(series, nodes)
         result.figures["depth"] = lambda: _plot_depth(depth)
@@ -405,6 +406,49 @@ def _previous_value(w: np.ndarray) -> np.ndarray:
     prev = np.full(len(w), -1)
     prev[1:] = last[:-1]
     return np.where(prev >= 0, w[np.maximum(prev, 0)], np.nan)
+
+
+def _frozen_findings(series: LayerSeries, nodes: dict[str, np.ndarray], ratios: dict, grads: dict[tuple[int, str], float], grid: StepGrid) -> list[Finding]:
+    """Weights that never update while the rest of the model learns (frozen by mistake, lr 0).
+
+    Two exact signs, each judged only when some other parameter of the model does change:
+    a weight whose recorded norm never changes although its gradient is non-zero (its
+    learning rate is zero, or it is not in the optimizer); and a layer with weight records
+    but no weight gradient at all although the gradient flows through its output (it has
+    ``requires_grad=False`` in the middle of a trained network). A table frozen by design
+    and fed by nothing that learns (a sinusoidal position table) has no output gradient.
+    """
+    keys = series.keys
+    moving = any(np.nan_to_num(r, nan=0.0).max(initial=0.0) > 0 for r, _ in ratios.values())
+    if not moving or len(grid.starts) < 3:
+        return []
+    out = []
+    for (nid, slot), (r, exact) in ratios.items():
+        fin = r[np.isfinite(r)]
+        if len(fin) >= 2 and not fin.any() and grads.get((nid, slot), 0.0) > 0 and not exact:
+            name = _node_name(nodes, nid)
+            out.append(Finding(
+                "gradients", "not-updated", "warning",
+                f"'{name}.{slot}' never changes although its gradient is non-zero and other layers learn: its learning rate is zero, or it is not in the optimizer.",
+                node_id=nid, node=name, step_first=grid.first, step_last=grid.last, metric="update_weight_ratio", value=0.0, threshold=0.0,
+            ))  # fmt: skip
+    l2 = series.mean("l2")
+    flows = {n for i, (n, k, _s) in enumerate(keys) if k == "gradient" and np.nan_to_num(l2[i], nan=0.0).max(initial=0.0) > 0}
+    with_grad = {(n, s) for (n, k, s) in keys if k == "weight_grad"}
+    seen: set[int] = set()
+    for n, k, s in keys:
+        if k != "weight" or not _is_weight_slot(s) or (n, s) in with_grad or n not in flows or n in seen:
+            continue
+        if n < len(nodes["container"]) and nodes["container"][n]:
+            continue
+        seen.add(n)
+        name = _node_name(nodes, n)
+        out.append(Finding(
+            "gradients", "frozen-in-path", "warning",
+            f"'{name}' receives no parameter gradient although the gradient flows through its output and other layers learn: it is frozen (requires_grad=False) in the middle of the trained network; intended when fine-tuning, a mistake otherwise.",
+            node_id=n, node=name, step_first=grid.first, step_last=grid.last, metric="weight_grad", value=0.0, threshold=0.0,
+        ))  # fmt: skip
+    return out
 
 
 def _ratio_findings(

@@ -48,6 +48,18 @@ def test_broken_run_shows_the_dead_layer_and_the_divergence(demo):
     assert any(f["code"] == "exploding-gradient" for f in findings)
     # Healthy layers upstream of the dead one are not reported dead.
     assert not any(f["node"] in ("stem.0", "layer1.conv1") for f in dead)
+    # Nothing is called "downstream" of a layer that died after it did.
+    assert not any(f["node"] == DEAD_LAYER and "downstream" in f["message"] for f in findings)
+
+
+def test_verdicts_name_the_true_root_cause(demo):
+    result, printed = demo
+    assert result.runs["healthy"].verdict == "No problems found."
+    verdict = result.runs["broken"].verdict
+    assert verdict.startswith(f"Root cause: '{DEAD_LAYER}' at step 0 (dead-layer)"), verdict
+    # The divergence is linked to the learning rate, which rose before it.
+    assert "Also: the learning rate ('lr') rose" in verdict
+    assert verdict in printed
 
 
 def test_onnx_runtime_agrees_with_pytorch(demo):

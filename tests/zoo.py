@@ -195,17 +195,20 @@ def vit() -> nn.Module:
     return t.ViTForImageClassification(cfg)
 
 
-def bert() -> nn.Module:
-    """BERT encoder (post-norm attention, GELU, pooler with tanh)."""
+def bert(**overrides: Any) -> nn.Module:
+    """BERT encoder (post-norm attention, GELU, pooler with tanh); ``overrides`` go to its config."""
     t = _tf()
     cfg = t.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        num_labels=CLASSES,
+        **{
+            "vocab_size": VOCAB,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 32,
+            "num_labels": CLASSES,
+            **overrides,
+        }
     )
     return t.BertForSequenceClassification(cfg)
 

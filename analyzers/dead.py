@@ -205,7 +205,9 @@ def _dead_fraction(series: LayerSeries, nodes: dict, near_zero: float) -> np.nda
 
 def _judged(nodes: dict, nid: int, slot: str) -> bool:
     """Whether a series can be a dead layer: a layer's main output (first slot), not a container's or a pass-through's."""
-    if nid >= len(nodes["op_class"]) or nodes["container"][nid] or nodes["op_class"][nid] in _NOT_JUDGED:
+    # By class, not by the container flag: a module with children may compute an output of
+    # its own (nn.MultiheadAttention, a weight-normed Linear) and is judged like its class.
+    if nid >= len(nodes["op_class"]) or nodes["op_class"][nid] in _NOT_JUDGED:
         return False
     return slot in ("", "0") or ("." not in slot and not slot.isdigit())
 

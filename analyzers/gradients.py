@@ -21,6 +21,7 @@ import numpy as np
 
 from tracefmt import Trace
 from tracefmt.findings import Finding
+from tracefmt.op_classes import OpClass
 
 from .base import AnalyzerResult, Needs, Param, RecordConsumer, StreamingAnalyzer
 from .causes import lr_rise_note
@@ -188,7 +189,7 @@ def _depth_profile(series: LayerSeries, nodes: dict[str, np.ndarray]) -> list[di
     for i, (nid, k, slot) in enumerate(keys):
         if k != kind or (kind == "weight_grad" and not _is_weight_slot(slot)):
             continue
-        if nid < len(nodes["container"]) and nodes["container"][nid]:
+        if nid >= len(nodes["op_class"]) or nodes["op_class"][nid] == OpClass.CONTAINER:
             continue
         size = float(nanmedian_rows(l2[i : i + 1])[0])
         if kind == "weight_grad":
@@ -439,7 +440,7 @@ def _frozen_findings(series: LayerSeries, nodes: dict[str, np.ndarray], ratios: 
     for n, k, s in keys:
         if k != "weight" or not _is_weight_slot(s) or (n, s) in with_grad or n not in flows or n in seen:
             continue
-        if n < len(nodes["container"]) and nodes["container"][n]:
+        if n >= len(nodes["op_class"]) or nodes["op_class"][n] == OpClass.CONTAINER:
             continue
         seen.add(n)
         name = _node_name(nodes, n)

@@ -6,6 +6,10 @@ Sources:
       training, shows layers whose activations collapse to zero.
     * Lu et al. (2019), "Dying ReLU and Initialization": a ReLU unit whose input is negative
       for every example outputs zero and receives zero gradient, so it never recovers.
+
+Scale-free: a rectifier is dead where it outputs exact zeros; any other layer only where
+its output collapsed below ``near_zero`` x its own peak RMS (never against an absolute
+threshold, which would call ConvNeXt's LayerScale branches, 1e-6 by design, dead).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from .base import AnalyzerResult, Needs, Param, RecordConsumer, StreamingAnalyze
 from .scan import node_table, training_grid
 from .series import BucketStats, LayerSeries, StepGrid, finite_count, rms
 
-__all__ = ["DeadAnalyzer", "near_zero_mask", "is_rectifier"]
+__all__ = ["DeadAnalyzer", "is_rectifier"]
 
 #: Classes whose output is no layer that can die on its own: they pass on what they get
 #: (a dropout or a reshape after a dead rectifier is dead because the rectifier is).
@@ -35,20 +39,6 @@ _NOT_JUDGED = frozenset({OpClass.DROPOUT, OpClass.RESHAPE, OpClass.CONTAINER, Op
 def is_rectifier(op_class: str | OpClass) -> bool:
     """True for the op class ``rectifier``: exact zeros for every negative input."""
     return op_class in RECTIFYING
-
-
-def near_zero_mask(bin_edges: np.ndarray, scheme: str, near_zero: float) -> np.ndarray | None:
-    """Bins lying wholly inside ``|x| < near_zero``; None if the binning cannot resolve it.
-
-    For ``abs_linear`` edges are of ``|x|``. With fast.ai's binning (``abs_linear`` 0..10,
-    40 bins) and ``near_zero=0.25`` this is fast.ai's bottom bin.
-    """
-    lo, hi = bin_edges[:-1], bin_edges[1:]
-    if scheme == "abs_linear":
-        mask = hi <= near_zero * (1 + 1e-12)
-    else:
-        mask = (lo >= -near_zero * (1 + 1e-12)) & (hi <= near_zero * (1 + 1e-12))
-    return mask if mask.any() else None
 
 
 class DeadAnalyzer(StreamingAnalyzer):
@@ -74,14 +64,6 @@ class DeadAnalyzer(StreamingAnalyzer):
     def consumer(self, trace: Trace, params: dict[str, Any]) -> _DeadConsumer:
         """The streaming part of the analysis (one pass shared with other analyzers)."""
         return _DeadConsumer(trace, params)
-
-
-def _bin_selector(mask: np.ndarray | None) -> slice | np.ndarray | None:
-    """A slice when the selected bins are contiguous (no copy when summing), else the mask."""
-    if mask is None:
-        return None
-    on = np.flatnonzero(mask)
-    return slice(int(on[0]), int(on[-1]) + 1) if on[-1] - on[0] + 1 == len(on) else mask
 
 
 class _DeadConsumer(RecordConsumer):

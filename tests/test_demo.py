@@ -59,6 +59,11 @@ def test_verdicts_name_the_true_root_cause(demo):
     # The divergence is linked to the learning rate, which rose before it.
     assert "Also: the learning rate ('lr') rose" in verdict
     assert verdict in printed
+    # The same line heads each HTML report.
+    from tracefmt.analyzers.render.html import escape
+
+    assert escape(verdict) in result.runs["broken"].report.read_text()
+    assert "No problems found." in result.runs["healthy"].report.read_text()
 
 
 def test_onnx_runtime_agrees_with_pytorch(demo):

@@ -144,9 +144,8 @@ def test_zero_learning_rate_for_one_param_group(tmp_path):
     assert stuck == {f"{frozen}.gate_proj", f"{frozen}.up_proj", f"{frozen}.down_proj"}, report.verdict
 
 
-@pytest.mark.parametrize(
-    ("name", "layer"), [("regnet", "regnet.encoder.stages.1.layers.0.layer.1.convolution"), ("gpt2", "transformer.h.0.mlp.c_fc")]
-)
+# With the zero-learning-rate group above (a decoder), two families whose weights never update.
+@pytest.mark.parametrize(("name", "layer"), [("regnet", "regnet.encoder.stages.1.layers.0.layer.1.convolution")])
 def test_layer_frozen_by_mistake_in_the_middle(tmp_path, name, layer):
     model = ZOO[name].build()
     for p in model.get_submodule(layer).parameters():

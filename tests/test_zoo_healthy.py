@@ -86,5 +86,5 @@ def test_analyze_writes_into_the_trace_only_with_write(runs, tmp_path, capsys):
     assert _snapshot(path) == before
     assert (out / "dynamics-states.arrow").exists() and (out / "findings.json").exists()
     assert main(["analyze", str(path), "--write", "--no-progress", "--only", "dynamics", "--set", "dynamics.restarts=1"]) == 0
-    assert (path / "dynamics" / "states.arrow").exists() and (path / "findings" / "dynamics.arrow").exists()
+    assert (path / "dynamics" / "states.arrow").exists() and (path / "findings" / "dynamics.parquet").exists()
     assert os.path.isdir(path / "findings")

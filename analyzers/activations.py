@@ -21,6 +21,7 @@ import numpy as np
 
 from tracefmt import Trace
 from tracefmt.findings import Finding
+from tracefmt.op_classes import OpClass
 
 from .base import AnalyzerResult, Needs, Param, RecordConsumer, StreamingAnalyzer
 from .scan import node_table, training_grid
@@ -170,7 +171,10 @@ def _saturation(series: LayerSeries, mean: np.ndarray, std: np.ndarray, nodes: d
     sat_data = {}
     for i, key in enumerate(series.keys):
         nid = key[0]
-        b = _bounds(str(nodes["op_type"][nid]) if nid < len(nodes["op_type"]) else "")
+        # The op class says whether it saturates; the function's name gives its bounds.
+        if nid >= len(nodes["op_class"]) or nodes["op_class"][nid] != OpClass.BOUNDED_ACTIVATION:
+            continue
+        b = _bounds(str(nodes["op_type"][nid]))
         if b is None:
             continue
         rms = saturation_rms(mean[i], std[i], b[0], b[1])

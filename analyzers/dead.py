@@ -6,6 +6,10 @@ Sources:
       training, shows layers whose activations collapse to zero.
     * Lu et al. (2019), "Dying ReLU and Initialization": a ReLU unit whose input is negative
       for every example outputs zero and receives zero gradient, so it never recovers.
+
+Scale-free: a rectifier is dead where it outputs exact zeros; any other layer only where
+its output collapsed below ``near_zero`` x its own peak RMS (never against an absolute
+threshold, which would call ConvNeXt's LayerScale branches, 1e-6 by design, dead).
 """
 
 from __future__ import annotations
@@ -19,34 +23,22 @@ import pyarrow.compute as pc
 
 from tracefmt import Trace
 from tracefmt.findings import Finding
+from tracefmt.op_classes import RECTIFYING, OpClass
 
 from .base import AnalyzerResult, Needs, Param, RecordConsumer, StreamingAnalyzer
 from .scan import node_table, training_grid
-from .series import BucketStats, LayerSeries, StepGrid, finite_count
+from .series import BucketStats, LayerSeries, StepGrid, finite_count, rms
 
-__all__ = ["DeadAnalyzer", "near_zero_mask", "is_rectifier"]
+__all__ = ["DeadAnalyzer", "is_rectifier"]
 
-_RECTIFIERS = ("relu", "elu", "gelu", "silu", "softplus", "hardswish", "mish", "threshold", "hardsigmoid")
-
-
-def is_rectifier(op_type: str) -> bool:
-    """True for activation functions that output (near) zero for negative inputs."""
-    low = (op_type or "").lower()
-    return any(r in low for r in _RECTIFIERS)
+#: Classes whose output is no layer that can die on its own: they pass on what they get
+#: (a dropout or a reshape after a dead rectifier is dead because the rectifier is).
+_NOT_JUDGED = frozenset({OpClass.DROPOUT, OpClass.RESHAPE, OpClass.CONTAINER, OpClass.LOSS})
 
 
-def near_zero_mask(bin_edges: np.ndarray, scheme: str, near_zero: float) -> np.ndarray | None:
-    """Bins lying wholly inside ``|x| < near_zero``; None if the binning cannot resolve it.
-
-    For ``abs_linear`` edges are of ``|x|``. With fast.ai's binning (``abs_linear`` 0..10,
-    40 bins) and ``near_zero=0.25`` this is fast.ai's bottom bin.
-    """
-    lo, hi = bin_edges[:-1], bin_edges[1:]
-    if scheme == "abs_linear":
-        mask = hi <= near_zero * (1 + 1e-12)
-    else:
-        mask = (lo >= -near_zero * (1 + 1e-12)) & (hi <= near_zero * (1 + 1e-12))
-    return mask if mask.any() else None
+def is_rectifier(op_class: str | OpClass) -> bool:
+    """True for the op class ``rectifier``: exact zeros for every negative input."""
+    return op_class in RECTIFYING
 
 
 class DeadAnalyzer(StreamingAnalyzer):
@@ -58,7 +50,11 @@ class DeadAnalyzer(StreamingAnalyzer):
     params = (
         Param("threshold", 0.9, "a layer whose near-zero fraction over the window is at least this is dead (warning)"),
         Param("error_threshold", 0.99, "near-zero fraction at which a dead layer is an error"),
-        Param("near_zero", 1e-3, "|x| below this counts as near zero (resolved to histogram bin edges; exact zeros without histograms)"),
+        Param(
+            "near_zero",
+            1e-3,
+            "a non-rectifier layer whose RMS falls below this fraction of its own peak RMS so far is near zero (rectifiers: exact zeros)",
+        ),
         Param("window", 0.25, "fraction of the last training steps a layer must stay dead"),
         Param("unit_fraction", 0.5, "dead units of a rectifier layer at or above this fraction are a warning (fewer are info)"),
         Param("constant_rtol", 1e-6, "relative spread of mean/std/L2 over the window below which an output never changes"),
@@ -70,43 +66,22 @@ class DeadAnalyzer(StreamingAnalyzer):
         return _DeadConsumer(trace, params)
 
 
-def _bin_selector(mask: np.ndarray | None) -> slice | np.ndarray | None:
-    """A slice when the selected bins are contiguous (no copy when summing), else the mask."""
-    if mask is None:
-        return None
-    on = np.flatnonzero(mask)
-    return slice(int(on[0]), int(on[-1]) + 1) if on[-1] - on[0] + 1 == len(on) else mask
-
-
 class _DeadConsumer(RecordConsumer):
-    columns = (
-        "numel",
-        "nan_count",
-        "inf_count",
-        "zero_count",
-        "mean",
-        "std",
-        "l2",
-        "max",
-        "hist_scheme",
-        "hist_lo",
-        "hist_hi",
-        "hist_counts",
-        "hist_edges",
-        "channel_pos_frac",
-    )
+    columns = ("numel", "nan_count", "inf_count", "zero_count", "mean", "std", "l2", "max", "channel_pos_frac")
 
     def __init__(self, trace: Trace, params: dict[str, Any]) -> None:
         self.trace = trace
         self.params = params
         self.phases, self.grid = training_grid(trace, params["max_buckets"])
-        self.stats = BucketStats(self.grid, ["dead", "zero", "mean", "std", "l2", "max"], extremes=["mean", "std", "l2", "max"]) if self.grid else None
+        self.stats = (
+            BucketStats(self.grid, ["zero", "rms", "mean", "std", "l2", "max"], extremes=["rms", "mean", "std", "l2", "max"])
+            if self.grid
+            else None
+        )
         if self.grid is not None:
             self.w0 = min(self.grid.size - 1, int(np.floor(self.grid.size * (1.0 - float(params["window"])))))
             self.window_start = int(self.grid.start(self.w0))
-        self.near_zero = float(params["near_zero"])
         self.unit_max: dict[int, np.ndarray] = {}
-        self.masks: dict[tuple, slice | np.ndarray | None] = {}
         self.index: Any = None
 
     def consume(self, view: Any) -> None:
@@ -120,16 +95,14 @@ class _DeadConsumer(RecordConsumer):
         numel = view.f64("numel")
         with np.errstate(invalid="ignore", divide="ignore"):
             zero = np.where(numel > 0, view.f64("zero_count") / np.where(numel > 0, numel, 1), np.nan)
-        near = np.full(view.num_rows, np.nan)
-        for block in view.hist_blocks():
-            if block.key not in self.masks:
-                self.masks[block.key] = _bin_selector(near_zero_mask(block.edges(), block.key[0], self.near_zero))
-            sel = self.masks[block.key]
-            if sel is not None:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    near[block.rows] = block.counts[:, sel].sum(axis=1) / np.where(n[block.rows] > 0, n[block.rows], np.nan)
-        dead = np.where(np.isnan(near), zero, np.fmax(near, zero))
-        values = {"dead": dead, "zero": zero, "mean": view.f64("mean"), "std": view.f64("std"), "l2": view.f64("l2"), "max": view.f64("max")}
+        values = {
+            "zero": zero,
+            "rms": rms(view),
+            "mean": view.f64("mean"),
+            "std": view.f64("std"),
+            "l2": view.f64("l2"),
+            "max": view.f64("max"),
+        }
         # Once NaN/Inf appear the statistics describe the damage, not the layer: the
         # gradients analyzer reports the NaN origin, this one judges finite outputs only.
         broken = n < numel
@@ -172,20 +145,53 @@ class _DeadConsumer(RecordConsumer):
         trace, params, grid, w0, window_start, unit_max = self.trace, self.params, self.grid, self.w0, self.window_start, self.unit_max
         nodes = node_table(trace)
         series = LayerSeries(self.index, self.stats)
-        frac = series.mean("dead")
-        result.data["dead_fraction"] = {_name(nodes, k[0]) + (f":{k[2]}" if k[2] not in ("", "0") else ""): frac[i].tolist() for i, k in enumerate(series.keys)}
+        frac = _dead_fraction(series, nodes, float(params["near_zero"]))
+        result.data["dead_fraction"] = {
+            _name(nodes, k[0]) + (f":{k[2]}" if k[2] not in ("", "0") else ""): frac[i].tolist() for i, k in enumerate(series.keys)
+        }
         result.data["steps"] = grid.starts.tolist()
         result.data["window_start"] = window_start
         dead_nodes = _dead_layers(series, frac, w0, nodes, trace, params, result)
+        since = {f.node_id: int(f.step_first) for f in result.findings if f.code == "dead-layer" and f.node_id is not None}
         result.data["dead_units"] = {_name(nodes, n): np.flatnonzero(m <= 0).tolist() for n, m in sorted(unit_max.items())}
-        later = _downstream_note(dead_nodes, nodes)
-        result.findings = [replace(f, message=f"{f.message[:-1]}{later(f.node_id)}.") if f.code == "dead-layer" and later(f.node_id) else f for f in result.findings]
+        later = _downstream_note(since, nodes, trace)
+        result.findings = [
+            replace(f, message=f"{f.message[:-1]}{later(f.node_id)}.") if f.code == "dead-layer" and later(f.node_id) else f
+            for f in result.findings
+        ]
         result.findings += _dead_units(unit_max, series, w0, nodes, dead_nodes, params, window_start, grid, later)
-        result.findings += _constant_outputs(series, w0, nodes, dead_nodes, params, window_start, later)
+        result.findings += _constant_outputs(series, w0, nodes, dead_nodes, params, window_start, later, trace)
         result.figures["dead_fraction"] = lambda: _plot_fraction(series, frac, nodes, params)
         if unit_max:
             result.figures["dead_units"] = lambda: _plot_units(unit_max, nodes)
         return result
+
+
+def _dead_fraction(series: LayerSeries, nodes: dict, near_zero: float) -> np.ndarray:
+    """Per (series, bucket): the fraction of outputs that are dead.
+
+    Scale-free: a rectifier's dead outputs are its exact zeros (zero for every negative
+    input: no threshold needed). Any other layer is near zero only relative to its own
+    scale: while its RMS is below ``near_zero`` x the largest RMS it had so far, all its
+    outputs count as near zero (a layer whose output collapsed); otherwise only its exact
+    zeros count. A layer small by design from the start (LayerScale at 1e-6) is at its own
+    scale, not near zero.
+    """
+    zero = series.mean("zero")
+    r = series.mean("rms")
+    peak = np.fmax.accumulate(np.where(np.isfinite(r), r, -np.inf), axis=1) if r.size else r
+    with np.errstate(invalid="ignore"):
+        collapsed = np.isfinite(r) & (peak > 0) & (r < near_zero * peak)
+    return np.where(collapsed, 1.0, zero)
+
+
+def _judged(nodes: dict, nid: int, slot: str) -> bool:
+    """Whether a series can be a dead layer: a layer's main output (first slot), not a container's or a pass-through's."""
+    # By class, not by the container flag: a module with children may compute an output of
+    # its own (nn.MultiheadAttention, a weight-normed Linear) and is judged like its class.
+    if nid >= len(nodes["op_class"]) or nodes["op_class"][nid] in _NOT_JUDGED:
+        return False
+    return slot in ("", "0") or ("." not in slot and not slot.isdigit())
 
 
 def _name(nodes: dict[str, np.ndarray], nid: int) -> str:
@@ -205,12 +211,16 @@ def _upstream(trace: Trace, nodes: dict[str, np.ndarray], nid: int, has_records:
     return [max(earlier, key=lambda n: order[n])] if earlier else []
 
 
-def _dead_layers(series: LayerSeries, frac: np.ndarray, w0: int, nodes: dict, trace: Trace, params: dict, result: AnalyzerResult) -> set[int]:
+def _dead_layers(
+    series: LayerSeries, frac: np.ndarray, w0: int, nodes: dict, trace: Trace, params: dict, result: AnalyzerResult
+) -> set[int]:
     grid = series.grid
     peak = series.extreme("max", "max")
     has_records = {k[0] for k in series.keys}
     dead: set[int] = set()
-    for i, (nid, _kind, _slot) in enumerate(series.keys):
+    for i, (nid, _kind, slot) in enumerate(series.keys):
+        if not _judged(nodes, nid, slot):
+            continue
         win = frac[i, w0:]
         if not np.isfinite(win).any():
             continue
@@ -260,7 +270,9 @@ def _final_run_start(ok: np.ndarray, filled: np.ndarray) -> int:
     return start
 
 
-def _dead_behind_unrecorded_rectifier(series: LayerSeries, peak: np.ndarray, w0: int, nodes: dict, trace: Trace, has_records: set[int], dead: set[int], result: AnalyzerResult) -> set[int]:
+def _dead_behind_unrecorded_rectifier(
+    series: LayerSeries, peak: np.ndarray, w0: int, nodes: dict, trace: Trace, has_records: set[int], dead: set[int], result: AnalyzerResult
+) -> set[int]:
     """Layers never positive that feed a rectifier with no records of its own (``F.relu`` in a
     forward, seen only as a graph node): that rectifier outputs nothing but zeros.
     """
@@ -275,7 +287,11 @@ def _dead_behind_unrecorded_rectifier(series: LayerSeries, peak: np.ndarray, w0:
         top = float(np.nanmax(peak[i, w0:]))
         if top >= 0:
             continue
-        rect = [d for s, d, _ in edges if s == nid and d not in has_records and d < len(nodes["op_type"]) and is_rectifier(str(nodes["op_type"][d]))]
+        rect = [
+            d
+            for s, d, _ in edges
+            if s == nid and d not in has_records and d < len(nodes["op_class"]) and is_rectifier(nodes["op_class"][d])
+        ]
         if not rect:
             continue
         filled = np.isfinite(peak[i])
@@ -290,28 +306,71 @@ def _dead_behind_unrecorded_rectifier(series: LayerSeries, peak: np.ndarray, w0:
     return found
 
 
-def _downstream_note(dead_nodes: set[int], nodes: dict) -> Any:
-    """Node -> ' (downstream of dead layer X)' for nodes executed after a dead layer, else ''."""
+def _downstream_note(since: dict[int, int], nodes: dict, trace: Trace) -> Any:
+    """Node -> ' (downstream of the dead layer X)' where X explains it, else ''.
+
+    X explains a node only if it died first and feeds it: X's dead-since step is at or
+    before the node's own (a layer dead since step 0 is not downstream of one that died at
+    step 65), and X reaches the node in the data-flow graph (or, without edges, runs before
+    it).
+    """
     order = nodes["order"]
-    firsts = sorted((int(order[n]), n) for n in dead_nodes if n < len(order) and order[n] >= 0)
+    edges = trace.edges()
+    succ: dict[int, set[int]] = {}
+    for a, b, _ in edges:
+        succ.setdefault(a, set()).add(b)
+    reach: dict[int, set[int]] = {}
+
+    def reachable(src: int) -> set[int]:
+        if src not in reach:
+            seen, todo = set(), [src]
+            while todo:
+                for nxt in succ.get(todo.pop(), ()):
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        todo.append(nxt)
+            reach[src] = seen
+        return reach[src]
+
+    roots = sorted(since, key=lambda n: (since[n], int(order[n]) if n < len(order) and order[n] >= 0 else 1 << 40))
+
+    def feeds(a: int, b: int) -> bool:
+        if edges and a in succ:
+            return b in reachable(a)
+        oa = order[a] if a < len(order) else -1
+        ob = order[b] if b < len(order) else -1
+        return 0 <= oa < ob
 
     def note(nid: int) -> str:
-        mine = order[nid] if nid < len(order) else -1
-        for o, n in firsts:
-            if 0 <= o < mine:
-                return f" (downstream of the dead layer '{_name(nodes, n)}')"
+        mine = since.get(nid)
+        for n in roots:
+            if n == nid:
+                continue
+            if mine is not None and since[n] > mine:
+                break
+            if feeds(n, nid):
+                return f" (downstream of the dead layer '{_name(nodes, n)}', dead since step {since[n]})"
         return ""
 
     return note
 
 
-def _dead_units(unit_max: dict, series: LayerSeries, w0: int, nodes: dict, dead_nodes: set[int], params: dict, window_start: int, grid: StepGrid, later: Any) -> list[Finding]:
+def _dead_units(
+    unit_max: dict,
+    series: LayerSeries,
+    w0: int,
+    nodes: dict,
+    dead_nodes: set[int],
+    params: dict,
+    window_start: int,
+    grid: StepGrid,
+    later: Any,
+) -> list[Finding]:
     out = []
     for nid, m in sorted(unit_max.items()):
         if nid in dead_nodes:
             continue
-        op = str(nodes["op_type"][nid]) if nid < len(nodes["op_type"]) else ""
-        if not is_rectifier(op):
+        if nid >= len(nodes["op_class"]) or not is_rectifier(nodes["op_class"][nid]):
             # A channel that is never positive is only "dead" behind a rectifier; elsewhere
             # (a Linear output, the input data) it is just a sign.
             continue
@@ -330,8 +389,16 @@ def _dead_units(unit_max: dict, series: LayerSeries, w0: int, nodes: dict, dead_
     return out
 
 
-def _constant_outputs(series: LayerSeries, w0: int, nodes: dict, dead_nodes: set[int], params: dict, window_start: int, later: Any) -> list[Finding]:
-    out = []
+def _constant_outputs(
+    series: LayerSeries, w0: int, nodes: dict, dead_nodes: set[int], params: dict, window_start: int, later: Any, trace: Trace
+) -> list[Finding]:
+    """Layers whose output never changes over the window.
+
+    A warning only when the claim "it ignores its input" can be checked: the layer holds
+    parameters and a producer of its input (a graph edge) has an output that does change.
+    A table looked up at fixed positions (sinusoidal position embeddings) is constant
+    because its input is, by design: info.
+    """
     rtol = float(params["constant_rtol"])
     count = series.count("mean")[:, w0:]
     spans = {}
@@ -340,25 +407,32 @@ def _constant_outputs(series: LayerSeries, w0: int, nodes: dict, dead_nodes: set
         hi = series.extreme(metric, "max")[:, w0:]
         spans[metric] = (np.nanmin(np.where(np.isnan(lo), np.inf, lo), axis=1, initial=np.inf), np.nanmax(np.where(np.isnan(hi), -np.inf, hi), axis=1, initial=-np.inf))
     steps_seen = (count > 0).sum(axis=1) * series.grid.width
-    reported: set[int] = set()
+    constant: dict[int, int] = {}
+    varying: set[int] = set()
     for i, (nid, _kind, _slot) in enumerate(series.keys):
-        if nid in dead_nodes or nid in reported or steps_seen[i] < 3 or count[i].sum() < 3:
+        if steps_seen[i] < 3 or count[i].sum() < 3:
             continue
-        constant = True
-        for lo, hi in spans.values():
-            a, b = lo[i], hi[i]
-            if not (np.isfinite(a) and np.isfinite(b)) or (b - a) > rtol * max(abs(a), abs(b), 1e-30):
-                constant = False
-                break
-        if not constant:
+        same = all(np.isfinite(lo[i]) and np.isfinite(hi[i]) and (hi[i] - lo[i]) <= rtol * max(abs(lo[i]), abs(hi[i]), 1e-30) for lo, hi in spans.values())
+        if same:
+            constant.setdefault(nid, i)
+        else:
+            varying.add(nid)
+    producers: dict[int, set[int]] = {}
+    for a, b, _ in trace.edges() if constant else ():
+        producers.setdefault(b, set()).add(a)
+    out = []
+    for nid, i in constant.items():
+        if nid in dead_nodes or nid in varying:
             continue
-        reported.add(nid)
         name = _name(nodes, nid)
         learns = nid < len(nodes["param_count"]) and nodes["param_count"][nid] > 0
+        input_varies = bool(producers.get(nid, set()) & varying)
         cause = later(nid)
         out.append(Finding(
-            "dead", "constant-output", "warning" if learns and not cause else "info",
-            f"The output of '{name}' never changes over the last steps (mean {spans['mean'][0][i]:.4g}, std {spans['std'][0][i]:.4g}): it ignores its input{' and its parameters do not learn' if learns else ''}{cause}.",
+            "dead", "constant-output", "warning" if learns and input_varies and not cause else "info",
+            f"The output of '{name}' never changes over the last steps (mean {spans['mean'][0][i]:.4g}, std {spans['std'][0][i]:.4g})"
+            + (f": it ignores its input{' and its parameters do not learn' if learns else ''}" if input_varies else ", nor does its input")
+            + f"{cause}.",
             node_id=nid, node=name, step_first=window_start, step_last=series.grid.last, metric="relative_spread", value=0.0, threshold=rtol,
         ))  # fmt: skip
     return out
@@ -380,7 +454,7 @@ def _plot_fraction(series: LayerSeries, frac: np.ndarray, nodes: dict, params: d
                     extent=(series.grid.first, series.grid.last + 1, len(names) - 0.5, -0.5))  # fmt: skip
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("step")
-    title = f"Fraction of near-zero activations (|x| < {params['near_zero']:g})"
+    title = "Fraction of dead outputs (rectifiers: exact zeros; others: collapsed below near_zero x own peak RMS)"
     ax.set_title(title + (f": {len(keep)} most-dead of {len(keep) + len(rest)} layers" if rest else ""))
     fig.colorbar(img, ax=ax, label="fraction")
     return fig

@@ -13,6 +13,7 @@ Sources:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from tracefmt import Trace
 from tracefmt.findings import Finding
 
 from .base import Analyzer, AnalyzerResult, Needs, NotApplicable, Param
+from .causes import lr_rise_note
 
 __all__ = ["LossAnalyzer", "rolling_median"]
 
@@ -95,7 +97,9 @@ class LossAnalyzer(Analyzer):
         result.data["smoothed"] = sm.tolist()
         found = _divergence(fin, sm, init, params)
         if found is not None or len(bad):
-            result.findings.append(_divergence_finding(steps, y, fin, sm, found, bad, params))
+            div = _divergence_finding(steps, y, fin, sm, found, bad, params)
+            note = lr_rise_note(trace)(int(div.step_first)) if div.step_first is not None else ""
+            result.findings.append(replace(div, message=div.message + note) if note else div)
         stop = found[0] if found is not None else end
         if stop >= 3:
             result.findings += _spikes(fin_steps[:stop], fin[:stop], init, params)
@@ -227,7 +231,11 @@ def _plateaus(steps: np.ndarray, sm: np.ndarray, params: dict[str, Any]) -> list
     start = float(np.median(v[:head]))
     best = float(v[head:].min())
     total_gain = (start - best) / abs(start) if start else 0.0
-    if total_gain < params["plateau_rel"]:
+    # Progress is judged only on a curve long enough to judge: the smoothed curve lags by
+    # `smooth` points, so it needs an opening and a closing window of `smooth` points each
+    # and at least as much again between them (4 x smooth), else "no progress" is the lag.
+    enough = n >= 4 * max(1, int(params["smooth"]))
+    if enough and total_gain < params["plateau_rel"]:
         out.append(Finding(
             "loss", "no-progress", "warning",
             f"The loss never improves by {params['plateau_rel']:.0%} over the run (from {start:.4g}, best {best:.4g}): the model does not learn.",

@@ -120,7 +120,11 @@ def _earliest(rows: list[dict], nodes: dict, last_step: int) -> NanOrigin:
             return (KIND_ORDER.get(r["kind"], 6), -rank, -r["call"])
         return (KIND_ORDER.get(r["kind"], 6), rank, r["call"])
 
-    first = min(rows, key=exec_key)
+    # A container's output is computed from its children's: when a child holds the NaN too,
+    # the child is where it appeared (a container is entered, and ordered, before them).
+    cont = nodes["container"]
+    leaves = [r for r in rows if not (0 <= r["node_id"] < size and cont[r["node_id"]])]
+    first = min(leaves or rows, key=exec_key)
     return NanOrigin(
         step=int(first["step"]),
         phase=str(first["phase"]),

@@ -80,6 +80,22 @@ class Report:
         return worst_severity(self.findings_list)
 
     @property
+    def verdict(self) -> str:
+        """One line: ``'Root cause: ... at step ... because ...'`` or ``'No problems found.'``."""
+        from .verdict import verdict
+
+        return verdict(self.findings_list, self.traces[0] if len(self.traces) == 1 else None)
+
+    @property
+    def grouped(self) -> list[Finding]:
+        """The findings, most severe first, with many of one kind shown as one (see :func:`~tracefmt.analyzers.verdict.group_findings`)."""
+        from .verdict import group_findings, root_cause
+
+        root = root_cause(self.findings_list, self.traces[0] if len(self.traces) == 1 else None)
+        ordered = sorted(self.findings_list, key=lambda f: (f is not root, -f.severity.rank))
+        return group_findings(ordered)
+
+    @property
     def has_errors(self) -> bool:
         """True if any finding has severity error."""
         return self.worst is Severity.ERROR
@@ -124,8 +140,10 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: findings rows, skipped analyzers, parameters."""
         return {
+            "verdict": self.verdict,
             "traces": [str(t.path) for t in self.traces],
             "findings": self.findings.to_pylist(),
+            "grouped": findings_table(self.grouped).to_pylist(),
             "skipped": [{"analyzer": s.analyzer, "trace": s.trace, "reason": s.reason} for s in self.skipped_list],
             "ran": sorted({*self.results, *(n for r in self.per_trace for n in r)}),
             "params": self.params,
@@ -287,6 +305,7 @@ def _run_single(trace: Trace, analyzers: dict[str, Analyzer], report: Report) ->
             del consumers[name]
             report.skipped_list.append(Skipped(name, reason, _label(trace)))
     out: dict[str, AnalyzerResult] = {}
+    _note_inferred_classes(trace, consumers, report)
     for name in analyzers:
         try:
             if name in consumers:
@@ -296,6 +315,20 @@ def _run_single(trace: Trace, analyzers: dict[str, Analyzer], report: Report) ->
         except NotApplicable as exc:
             report.skipped_list.append(Skipped(name, str(exc), _label(trace)))
     return out
+
+
+def _note_inferred_classes(trace: Trace, consumers: dict[str, RecordConsumer], report: Report) -> None:
+    """An info finding when analyzers judged nodes by op classes inferred from op_type names."""
+    if not consumers or not trace.has("nodes"):
+        return
+    from .scan import node_table
+
+    inferred = int(node_table(trace)["op_class_inferred"])
+    if inferred:
+        label = _label(trace) if len(report.traces) > 1 else None
+        msg = (f"{inferred} node(s) have no op_class (a trace written before format 1.1, or by a producer that does not fill it): "
+               "their classes were inferred from op_type names, which may misjudge custom ops.")  # fmt: skip
+        report.findings_list.extend(_tag([Finding("tracefmt", "op-class-inferred", "info", msg, metric="nodes", value=float(inferred))], label))
 
 
 def _fill(findings: list[Finding], name: str) -> list[Finding]:

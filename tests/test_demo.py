@@ -45,9 +45,25 @@ def test_broken_run_shows_the_dead_layer_and_the_divergence(demo):
     # The layer killed by construction is reported dead from the first step on.
     assert any(f["node"] == DEAD_LAYER and f["step_first"] == 0 for f in dead)
     assert any(f["analyzer"] == "loss" and f["code"] == "divergence" and f["severity"] == "error" for f in findings)
-    assert any(f["code"] == "exploding-gradient" for f in findings)
     # Healthy layers upstream of the dead one are not reported dead.
     assert not any(f["node"] in ("stem.0", "layer1.conv1") for f in dead)
+    # Nothing is called "downstream" of a layer that died after it did.
+    assert not any(f["node"] == DEAD_LAYER and "downstream" in f["message"] for f in findings)
+
+
+def test_verdicts_name_the_true_root_cause(demo):
+    result, printed = demo
+    assert result.runs["healthy"].verdict == "No problems found."
+    verdict = result.runs["broken"].verdict
+    assert verdict.startswith(f"Root cause: '{DEAD_LAYER}' at step 0 (dead-layer)"), verdict
+    # The divergence is linked to the learning rate, which rose before it.
+    assert "Also: the learning rate ('lr') rose" in verdict
+    assert verdict in printed
+    # The same line heads each HTML report.
+    from tracefmt.analyzers.render.html import escape
+
+    assert escape(verdict) in result.runs["broken"].report.read_text()
+    assert "No problems found." in result.runs["healthy"].report.read_text()
 
 
 def test_onnx_runtime_agrees_with_pytorch(demo):

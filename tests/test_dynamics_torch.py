@@ -69,7 +69,7 @@ def test_real_runs_give_states_and_four_figures(digit_runs, tmp_path):
     paths, accs = digit_runs
     assert min(accs) > 0.85  # the runs learned
     traces = [tracefmt.open(p) for p in paths]
-    result = DynamicsAnalyzer().analyze_runs(traces, {"k_max": 5, "restarts": 2, "convergence_threshold": 0.8})
+    result = DynamicsAnalyzer().analyze_runs(traces, {"k_max": 5, "restarts": 2, "convergence_threshold": 0.8, "write_states": "trace"})
     data = result.data
     # The adapter's records supply every feature.
     assert data["features"] == list(FEATURES)

@@ -132,7 +132,9 @@ def test_progress_callback_counts_scanned_records(plain):
 def test_cli_table_exit_code_and_skip_reason(plain, capsys):
     assert main(["analyze", str(plain), "--only", "dead,gradients", "--no-progress"]) == 1
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split()[:3] == ["severity", "analyzer", "code"]
+    # The verdict comes first, then the findings table.
+    assert out.splitlines()[0].startswith("Root cause: 'relu1' at step ")
+    assert out.splitlines()[2].split()[:3] == ["severity", "analyzer", "code"]
     assert "dead-layer" in out and "relu1" in out
     assert "skipped gradients: the trace has no records of kind gradient or weight_grad" in out
     assert main(["analyze", str(plain), "--only", "dead", "--set", "dead.threshold=1.5", "--set", "dead.error_threshold=1.5"]) == 0

@@ -71,6 +71,7 @@ class RunOutcome:
     trace: Path
     report: Path | None = None
     findings: list[dict[str, Any]] = field(default_factory=list)
+    verdict: str = ""
     final: dict[str, float] = field(default_factory=dict)
     graphs: list[Path] = field(default_factory=list)
 
@@ -294,6 +295,7 @@ def _analyze(
     outcome = result.runs.get(name) or RunOutcome(name, trace_path)
     analysis = analyzers.run(trace)
     write_findings(trace_path, analysis.findings, name="analyzers")
+    outcome.verdict = analysis.verdict
     graphs = out / "graphs"
     if findings is None:
         g = render_graph(trace, metric="dead_fraction", kind="activation", findings=analysis.findings)
@@ -325,6 +327,8 @@ def _summary(result: DemoResult, stream: TextIO, *, wide: bool = False) -> None:
         c = result.counts(name)
         extra = ", ".join(f"{k} {v:.3g}" for k, v in run.final.items())
         w(f"  {name:<14} {c['error']} error, {c['warning']} warning, {c['info']} info" + (f"   ({extra})" if extra else "") + "\n")
+        if run.verdict:
+            w(f"      {run.verdict}\n")
         shown = [f for f in run.findings if f["severity"] in ("error", "warning")]
         for f in shown[:8]:
             steps = f"steps {f['step_first']}-{f['step_last']}" if f.get("step_first") is not None else ""

@@ -37,8 +37,11 @@ def select_modules(
 ) -> list[int]:
     """Node ids of the modules to trace.
 
-    Without ``modules`` and ``module_types`` every leaf module (no children) is traced.
-    With either, a module must satisfy each one given (qualified-name glob patterns;
+    Without ``modules`` and ``module_types`` every module is traced: leaf modules (no
+    children) whole, and modules with children for what their children do not show (the
+    parameters they hold directly, an output that is not a child's output; see
+    :class:`~tracefmt.adapters.torch.TorchTracer`), so every parameter and every module
+    output is observed. With either, a module must satisfy each one given (qualified-name glob patterns;
     ``isinstance`` of the types); ``exclude`` patterns then remove modules.
 
     Raises:
@@ -48,7 +51,7 @@ def select_modules(
     chosen = []
     for node, (qualname, module) in enumerate(index.modules):
         if pats is None and module_types is None:
-            ok = index.unit[node]
+            ok = True
         else:
             ok = (pats is None or matches(qualname, pats)) and (module_types is None or isinstance(module, module_types))
         if ok and not matches(qualname, excl):

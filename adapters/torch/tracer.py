@@ -17,6 +17,7 @@ from tracefmt.histogram import DEFAULT_BINNING, Binning
 from tracefmt.writer import TraceWriter, WriterOptions
 
 from .background import BackgroundWriter
+from .coverage import ModuleOutputs
 from .device_stats import StatKernel
 from .distributed import barrier, rank_and_world_size
 from .extras import channel_vector, matrix_vector, median_vector
@@ -60,7 +61,9 @@ class TorchTracer:
         model: The module to trace (not a ``torch.compile`` result: pass ``_orig_mod``).
         path: The trace directory to create.
         modules: Qualified-name glob patterns of the modules to trace. Defaults to every
-            leaf module.
+            module: leaf modules whole; modules with children for the parameters they hold
+            directly and the outputs that are not a child's output (so every parameter and
+            module output is observed).
         module_types: Only trace modules that are instances of these classes.
         exclude: Glob patterns of modules not to trace.
         activations: Record module outputs. Defaults to True.
@@ -244,6 +247,9 @@ class TorchTracer:
         self._write_nodes()
         self._handles.append(self.model.register_forward_pre_hook(self._root_pre))
         self._params: list[tuple[int, str, nn.Parameter]] = []
+        self._returned = ModuleOutputs()
+        default = self._select["modules"] is None and self._select["module_types"] is None
+        self._own_outputs_only = {n for n in self.traced if default and not idx.unit[n]}
         for node in self.traced:
             module = idx.modules[node][1]
             chan = self._channels is True or (isinstance(self._channels, list) and matches(idx.qualname[node], self._channels))
@@ -278,6 +284,7 @@ class TorchTracer:
     def _root_pre(self, module: nn.Module, args: Any) -> None:
         self._bg.check()
         self._fwd_calls: dict[int, int] = {}
+        self._returned.clear()
 
     def _new_recorder(self) -> GraphRecorder:
         rec = GraphRecorder(self.index)
@@ -511,7 +518,11 @@ class TorchTracer:
                 return
             call = self._next_call(node) if not self.record[Kind.INPUT] else self._calls[node] - 1
             want_act, want_grad = self.record[Kind.ACTIVATION], self.record[Kind.GRADIENT] and torch.is_grad_enabled()
+            own_only = node in self._own_outputs_only
             for slot, t in tensor_slots(output):
+                if own_only and self._returned.returned(t):
+                    continue
+                self._returned.add(t)
                 if want_act:
                     self._observe(node, Kind.ACTIVATION, slot, call, t, module=module, chan=chan, raw=raw)
                 if want_grad and t.requires_grad:

@@ -92,7 +92,7 @@ def fit_dynamics(runs: list[RunFeatures], opts: DynamicsOptions | None = None) -
         by_feature[f].append(runs[r].run_id)
     for f, ids in sorted(by_feature.items()):
         findings.append(Finding(
-            ANALYZER, "dynamics-constant-feature", "warning",
+            ANALYZER, "dynamics-constant-feature", "info",
             f"feature '{features[f]}' is constant in {len(ids)} of {len(runs)} run(s) ({', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}); "
             "it is set to 0 after z-scoring and carries no information there",
             metric=features[f], value=float(len(ids)),
@@ -105,7 +105,7 @@ def fit_dynamics(runs: list[RunFeatures], opts: DynamicsOptions | None = None) -
     findings.extend(fit_findings(selection, restarts=opts.restarts))
     model = selection.best.model
     if model is None:
-        findings.append(Finding(ANALYZER, "dynamics-fit-failed", "error", "no HMM could be fitted for any K; see the other findings"))
+        findings.append(Finding(ANALYZER, "dynamics-fit-failed", "info", "no HMM could be fitted for any K; see the other findings"))
         return DynamicsFit(runs, features, z, selection, [], [], [], constant, findings)
     relabel_by_first_visit(model, z)
     paths, posteriors = [], []
@@ -118,7 +118,7 @@ def fit_dynamics(runs: list[RunFeatures], opts: DynamicsOptions | None = None) -
     edges = transition_drivers(z, paths, means=model.means_, covars=model.covars_, transmat=model.transmat_, feature_names=features)
     total = np.bincount(np.concatenate(paths), minlength=model.n_components)
     for s in np.flatnonzero(total == 0):
-        findings.append(Finding(ANALYZER, "dynamics-empty-state", "warning",
+        findings.append(Finding(ANALYZER, "dynamics-empty-state", "info",
                                 f"state {s} of the chosen K={model.n_components} model is never the Viterbi state of any checkpoint", value=float(s)))  # fmt: skip
     return DynamicsFit(runs, features, z, selection, paths, posteriors, edges, constant, findings)
 
@@ -133,9 +133,9 @@ _ISSUE_WORDS = {
 def fit_findings(selection: Selection, *, restarts: int) -> list[Finding]:
     """Summarise captured fitting problems: one finding per (K, kind).
 
-    Problems of the kept restart of the chosen K are warnings; those of other restarts and
-    of other K are info (they did not make it into the result), and so is EM rounding (a
-    log-likelihood drop smaller than tol).
+    Every one is info: they describe the fit, not the model being trained (a finding above
+    info claims that something is wrong with the training run). The message says whether
+    the problem touched the kept restart of the chosen K.
     """
     kept = selection.best.restart
     grouped: dict[tuple[int, str], list[tuple[int, str]]] = defaultdict(list)
@@ -146,9 +146,9 @@ def fit_findings(selection: Selection, *, restarts: int) -> list[Finding]:
         n = len({r for r, _ in items})
         code = {"not-converged": "dynamics-not-converged", "degenerate": "dynamics-degenerate-fit"}.get(kind, "dynamics-fit-warning")
         in_result = k == selection.best_k and kept in {r for r, _ in items}
-        severity = "warning" if in_result and kind != "rounding" else "info"
         first = items[0][1].strip().splitlines()[0][:200]
         what = _ISSUE_WORDS.get(kind, "warned")
-        out.append(Finding(ANALYZER, code, severity, f"K={k}: {n} of {restarts} restart(s) {what}: {first}",
+        kept_note = " (including the kept one)" if in_result else ""
+        out.append(Finding(ANALYZER, code, "info", f"K={k}: {n} of {restarts} restart(s){kept_note} {what}: {first}",
                            metric="n_states", value=float(k)))  # fmt: skip
     return out

@@ -61,7 +61,7 @@ class DynamicsAnalyzer(Analyzer):
         Param("convergence_direction", _D.convergence_direction.value, "'above' (metric >= threshold, accuracy) or 'below' (loss)."),
         Param("correlation", _D.correlation.value, "Correlation for detour states: pearson or spearman (two-sided p-values)."),
         Param("alpha", _D.alpha, "Significance level for calling a state a detour."),
-        Param("write_states", _D.write_states, "'trace': write dynamics/states.arrow and model.json into each trace; 'none'; or a file path for one table of all runs."),
+        Param("write_states", _D.write_states, "'none' (default: the states stay in the result data; analysis never writes into a trace unless asked); 'trace': write dynamics/states.arrow and model.json into each trace (set by analyze --write); or a file path for one table of all runs (analyze --out DIR writes DIR/dynamics-states.arrow)."),
     )
 
     def analyze(self, trace: Trace, params: dict[str, Any]) -> AnalyzerResult:
@@ -79,11 +79,11 @@ class DynamicsAnalyzer(Analyzer):
             if r.values.shape[0] >= 2 and r.values.shape[1]:
                 runs.append((t, r))
             elif r.values.shape[0] < 2 and r.values.shape[1]:
-                findings.append(Finding(ANALYZER, "dynamics-run-skipped", "warning", f"{t.path}: only {r.values.shape[0]} checkpoint(s); at least 2 are needed"))
+                findings.append(Finding(ANALYZER, "dynamics-run-skipped", "info", f"{t.path}: only {r.values.shape[0]} checkpoint(s); at least 2 are needed"))
         names, lost = common_features([r for _, r in runs])
         findings.extend(lost)
         if not runs or not names:
-            findings.append(Finding(ANALYZER, "dynamics-no-data", "warning", "no run has weight features at two or more checkpoints; nothing to fit"))
+            findings.append(Finding(ANALYZER, "dynamics-no-data", "info", "no run has weight features at two or more checkpoints; nothing to fit"))
             return AnalyzerResult(findings=findings)
         fitted = fit_dynamics([r.select(names) for _, r in runs], opts)
         findings.extend(fitted.findings)
@@ -196,7 +196,7 @@ def _write(traces: list[Trace], fit: DynamicsFit, table: Any, opts: DynamicsOpti
             write_table(table, target)
             write_model(_model_json(fit), Path(target).with_suffix(".json"))
     except OSError as exc:
-        findings.append(Finding(ANALYZER, "dynamics-write-failed", "warning", f"could not write the state table ({exc}); it is still in the result data"))
+        findings.append(Finding(ANALYZER, "dynamics-write-failed", "info", f"could not write the state table ({exc}); it is still in the result data"))
 
 
 def _data(fit: DynamicsFit, table: Any, detours: list, note: str, conv: dict[str, int | None]) -> dict[str, Any]:

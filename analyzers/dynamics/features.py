@@ -78,7 +78,9 @@ class RunFeatures:
 
 
 def _warn(code: str, message: str, **kw: object) -> Finding:
-    return Finding(ANALYZER, code, "warning", message, **kw)  # type: ignore[arg-type]
+    # What the features could not use is bookkeeping about the analyzer's inputs, never a
+    # claim that the training run is wrong: info.
+    return Finding(ANALYZER, code, "info", message, **kw)  # type: ignore[arg-type]
 
 
 def _finite_count(t: dict[str, np.ndarray]) -> np.ndarray:

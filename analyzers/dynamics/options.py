@@ -86,7 +86,7 @@ class DynamicsOptions:
     convergence_direction: Direction = Direction.ABOVE
     correlation: Correlation = Correlation.PEARSON
     alpha: float = 0.05
-    write_states: str = "trace"
+    write_states: str = "none"
 
     @classmethod
     def from_params(cls, params: dict[str, Any] | None = None) -> DynamicsOptions:

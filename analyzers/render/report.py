@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from tracefmt.enums import Kind, Severity
 from tracefmt.errors import MissingDependencyError
+from tracefmt.findings import Finding
 from tracefmt.schema import FINDINGS
 
 from . import html as H
@@ -284,7 +285,10 @@ def build_report(
         sections += _compare_sections(trace, other, info, depth=depth)
     worst = max((Severity(s) for s in findings.column("severity").to_pylist()), key=lambda s: s.rank, default=None)
     verdict = f"worst finding: {worst.value}" if worst is not None else "no findings"
-    subtitle = f"{trace.path} · {findings.num_rows} finding(s), {verdict} · {len(info.figures)} figure(s)"
+    from ..verdict import verdict as root_verdict
+
+    line = root_verdict([Finding(**r) for r in findings.to_pylist()], trace)
+    subtitle = f"{line} · {trace.path} · {findings.num_rows} finding(s), {verdict} · {len(info.figures)} figure(s)"
     info.html = H.page(title or f"tracefmt report: {model}", subtitle, sections)
     return info
 

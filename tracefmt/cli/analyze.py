@@ -2,7 +2,8 @@
 
 Exit codes: 0 no error findings, 1 at least one error finding, 2 bad usage or an
 unreadable trace. ``--out DIR`` writes the findings (Arrow and JSON) and every figure;
-``--write`` stores the findings inside each trace under ``findings/<analyzer>.parquet``.
+``--write`` stores the findings inside each trace under ``findings/<analyzer>.parquet``
+(and the dynamics states under ``dynamics/``); without it nothing is written into a trace.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="set an analyzer parameter (repeatable); see 'tracefmt analyzers'",
     )
     add_format_option(p, choices=("table", "json", "arrow"))
-    p.add_argument("--out", metavar="DIR", help="write findings.arrow, findings.json and figures/ into DIR")
+    p.add_argument("--out", metavar="DIR", help="write findings.arrow, findings.json, figures/ and dynamics-states.arrow into DIR")
     p.add_argument(
         "--figure-format", default="png", metavar="FMT[,FMT]", help="figure formats written with --out: png, svg, pdf (default: png)"
     )
-    p.add_argument("--write", action="store_true", help="also store the findings inside each trace (findings/<analyzer>.parquet)")
+    p.add_argument("--write", action="store_true", help="also store the findings (findings/<analyzer>.parquet) and the dynamics states (dynamics/) inside each trace; without it nothing is written into a trace")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal)")
     p.set_defaults(run=run)
 
@@ -97,9 +98,18 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "arrow" and not args.out and sys.stdout.isatty():
         raise UsageError("--format arrow writes a binary Arrow stream: redirect stdout to a file or a pipe, or use --out DIR")
     formats = [f.strip() for f in args.figure_format.split(",") if f.strip()]
+    settings = _settings(args.settings)
+    # Analysis reads a trace and never writes into it unless asked (--write); the dynamics
+    # states go where the user asked for output: into the traces with --write, else --out.
+    if "dynamics.write_states" not in settings:
+        if args.write:
+            settings["dynamics.write_states"] = "trace"
+        elif args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            settings["dynamics.write_states"] = str(Path(args.out) / "dynamics-states.arrow")
     bar, callback = _progress(not args.no_progress)
     try:
-        report = run_analyzers(_selected(args.traces, args.runs), names=args.only, params=_settings(args.settings), progress=callback)
+        report = run_analyzers(_selected(args.traces, args.runs), names=args.only, params=settings, progress=callback)
     finally:
         if bar is not None:
             bar.close()
@@ -110,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.write:
         written += _write_into_traces(report)
     if args.format == "arrow":
-        _emit_arrow(table)
+        _emit_arrow(table.replace_schema_metadata({**(table.schema.metadata or {}), b"tracefmt.verdict": report.verdict.encode()}))
     elif args.format == "json":
         data = report.to_dict()
         data["written"] = [str(p) for p in written]
@@ -121,9 +131,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: Any, table: Any, written: list[Path]) -> None:
+    from ..findings import findings_table
+
     out = sys.stdout
+    out.write(f"{report.verdict}\n\n")
     if table.num_rows:
-        print_table(_rows(table), _COLUMNS, out, max_width=110)
+        print_table(_rows(findings_table(report.grouped)), _COLUMNS, out, max_width=110)
     counts = {s: 0 for s in ("error", "warning", "info")}
     for s in table.column("severity").to_pylist():
         counts[s] += 1

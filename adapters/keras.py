@@ -211,7 +211,7 @@ class TracefmtCallback(keras.callbacks.Callback):
         self.step += 1
 
     def _batch_loss(self) -> float | None:
-        """This batch's loss from the running mean's state (total and count of Keras' tracker)."""
+        """The batch loss, from the running mean's state (total and count of Keras' tracker)."""
         tracker = next((m for m in self.model.metrics if m.name == "loss"), None)
         if tracker is None or not hasattr(tracker, "total"):
             return None

@@ -163,8 +163,11 @@ class Probe:
         """Wrap the model's module classes and the activation functions while inside."""
         undo: list[tuple[Any, str, Any]] = []
         try:
-            owners = dict.fromkeys(next(k for k in cls.__mro__ if "__call__" in k.__dict__) for cls in self.table.classes)
+            # The class that defines __call__ (a container such as nnx.List may have none).
+            owners = dict.fromkeys(next((k for k in cls.__mro__ if "__call__" in k.__dict__), None) for cls in self.table.classes)
             for owner in owners:
+                if owner is None or owner is object:
+                    continue
                 original = owner.__dict__["__call__"]
                 undo.append((owner, "__call__", original))
                 owner.__call__ = self._module_call(original)

@@ -1,6 +1,6 @@
 """Record statistics of a JAX array, computed inside ``jit`` on the array's device.
 
-One array becomes one *row*: an int32 count vector ``[nan, inf, zero, pos, hist...]`` and
+One array becomes one *row*: an int32 count vector ``[nan, inf, zero, pos, hist..., scale exponent]`` and
 a float32 moment vector ``[mean, std, min, max, abs_mean, l2]``; a step's rows are stacked
 and copied to the host once. The definitions are those of :func:`tracefmt.stats.tensor_stats`
 (spec 'Statistics'): moments over the finite elements, scaled by an exact power of two so
@@ -60,11 +60,13 @@ class StatRows:
         self.binning = binning
         self.bins = binning.bins if binning is not None else 0
         #: Length of the count vector of a row.
-        self.width = len(_COUNTS) + self.bins
+        self.width = len(_COUNTS) + self.bins + 1
 
     # -- device side (inside jit) ------------------------------------------------------
     def rows(self, arrays: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
         """The rows of ``arrays``: ``(R, width)`` int32 counts and ``(R, 6)`` float32 moments.
+
+        The last count column is the exponent of the power-of-two scale of the moments.
 
         Traceable, no host synchronisation. All arrays are flattened into one vector with a
         segment id per element, so the compiled program has the same few reductions
@@ -94,7 +96,8 @@ class StatRows:
         peak = jax.ops.segment_max(jnp.abs(c), seg, num_segments=R, indices_are_sorted=True)
         # peak = m * 2**e with m in [0.5, 1): dividing by 2**(e-1) is exact (the reference's scale).
         _, e = jnp.frexp(jnp.where(peak > 0, peak, 1))
-        scale = jnp.where(peak > 0, jnp.ldexp(jnp.ones_like(peak), e - 1), jnp.ones_like(peak))
+        exponent = jnp.where(peak > 0, e - 1, 0).astype(i32)
+        scale = jnp.ldexp(jnp.ones_like(peak), exponent)
         g = c / scale[seg]
         nf = jnp.maximum(n, 1).astype(f.dtype)
         mean_g = total(g) / nf
@@ -103,17 +106,20 @@ class StatRows:
         mx = jax.ops.segment_max(jnp.where(fin, f, -jnp.inf), seg, num_segments=R, indices_are_sorted=True)
         none = n == 0
         nul = jnp.array(jnp.nan, f.dtype)
+        # Mean, std, abs_mean and l2 stay scaled (l2 of finite float32 values may exceed
+        # float32); the host multiplies by 2**exponent in float64.
         moments = jnp.stack(
             [
-                jnp.where(none, nul, mean_g * scale),
-                jnp.where(none, nul, jnp.sqrt(var_g) * scale),
+                jnp.where(none, nul, mean_g),
+                jnp.where(none, nul, jnp.sqrt(var_g)),
                 jnp.where(none, nul, mn),
                 jnp.where(none, nul, mx),
-                jnp.where(none, nul, total(jnp.abs(g)) / nf * scale),
-                jnp.sqrt(total(g * g)) * scale,
+                jnp.where(none, nul, total(jnp.abs(g)) / nf),
+                jnp.sqrt(total(g * g)),
             ],
             axis=1,
         )
+        counts = jnp.concatenate([counts, exponent[:, None]], axis=1)
         return counts.astype(i32), moments.astype(jnp.float32)
 
     def _bin_index(self, f: jax.Array, fin: jax.Array) -> jax.Array:
@@ -134,7 +140,11 @@ class StatRows:
             v = jnp.abs(f) if b.scheme is HistScheme.ABS_LINEAR else f
             lo, hi = jnp.asarray(b.lo, f.dtype), jnp.asarray(b.hi, f.dtype)
             inside = fin & (v >= lo) & (v <= hi)
-            raw = jnp.floor((jnp.where(inside, v, lo) - lo) * jnp.asarray(n, f.dtype) / (hi - lo))
+            # Barriers keep XLA from reassociating "(v - lo) * n / (hi - lo)" (into a fused
+            # multiply-add, or one multiplication): each operation rounds as in the reference.
+            shifted = jax.lax.optimization_barrier(jnp.where(inside, v, lo) - lo)
+            num, den = jax.lax.optimization_barrier((jnp.asarray(n, f.dtype), hi - lo))
+            raw = jnp.floor(jax.lax.optimization_barrier(shifted * num) / den)
             idx = jnp.where(inside, jnp.minimum(raw, n - 1), n)
         return jnp.where(fin, idx, n).astype(jnp.int32)
 
@@ -147,8 +157,10 @@ class StatRows:
             null) and, with a binning, ``hist_counts`` as an ``(R, bins)`` int64 array.
         """
         out: dict[str, Any] = {name: counts[:, i].astype(np.int64) for i, name in enumerate(_COUNTS)}
+        scale = np.ldexp(1.0, counts[:, -1].astype(np.int64))
         for i, name in enumerate(MOMENTS):
-            out[name] = moments[:, i].astype(np.float64)
+            v = moments[:, i].astype(np.float64)
+            out[name] = v if name in ("min", "max") else v * scale
         if self.binning is not None:
-            out["hist_counts"] = counts[:, len(_COUNTS) :].astype(np.int64)
+            out["hist_counts"] = counts[:, len(_COUNTS) : -1].astype(np.int64)
         return out

@@ -28,7 +28,7 @@ from .slots import tensor_slots
 from .step_rows import StepRows, fused_devices
 from .unusual import UnusualTensors
 
-__all__ = ["TorchTracer"]
+__all__ = ["TorchTracer", "unwrap_optimizer"]
 
 
 def _check_not_compiled(model: nn.Module) -> None:
@@ -41,6 +41,22 @@ def _check_not_compiled(model: nn.Module) -> None:
             "TorchTracer cannot hook a torch.compile'd model: trace the model before compiling it, "
             "or pass the original module (model._orig_mod)"
         )
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The optimizer whose ``step()`` really runs, below any wrappers.
+
+    Wrappers such as accelerate's ``AcceleratedOptimizer`` (the Hugging Face Trainer's) keep
+    the wrapped optimizer in ``.optimizer`` and may subclass ``torch.optim.Optimizer``
+    without its hook registries; step hooks belong on the innermost optimizer.
+    """
+    seen = 0
+    while optimizer is not None and seen < 8:
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            break
+        optimizer, seen = inner, seen + 1
+    return optimizer
 
 
 class TorchTracer:
@@ -82,7 +98,9 @@ class TorchTracer:
         histogram: Binning of the histograms, None for none. Defaults to DEFAULT_BINNING.
         channels: Per-channel vectors: True for every traced module or glob patterns.
         raw: Glob patterns of modules whose raw activations/gradients go to the tensors table.
-        optimizer: Count steps from this optimizer's ``step()`` (hooks on it).
+        optimizer: Count steps from this optimizer's ``step()`` (hooks on it). A wrapper
+            holding the real optimizer in ``.optimizer`` (accelerate's
+            ``AcceleratedOptimizer``) is unwrapped.
         phase: Initial phase. Defaults to 'train'.
         run_id: Run identifier. Defaults to a new UUID.
         model_name: Model name for the manifest. Defaults to the model's class name.
@@ -163,7 +181,7 @@ class TorchTracer:
         self.rows = StepRows(self.kernel) if fused_devices() else None
         self._channels = channels if isinstance(channels, bool) else as_patterns(channels)
         self._raw = as_patterns(raw)
-        self.optimizer = optimizer
+        self.optimizer = unwrap_optimizer(optimizer)
         self._phase = coerce(Phase, phase, what="phase")
         self._writer_opts = {"run_id": run_id, "model": model_name or type(model).__name__, "metadata": metadata, "mode": mode, "options": writer_options}
         self._rank_opt, self._world_opt = rank, world_size
@@ -213,8 +231,14 @@ class TorchTracer:
             self._tb = TensorBoardMirror(self._tensorboard)
         try:
             self._attach()
-        except BaseException:
-            self.close()
+        except BaseException as err:
+            # The error that stopped the start is the one the user must see; a failure
+            # while undoing the partial start only adds a note to it.
+            try:
+                self.close()
+            except Exception as cleanup:
+                if hasattr(err, "add_note"):
+                    err.add_note(f"tracefmt: cleaning up after it also failed: {cleanup!r}")
             raise
         return self
 
@@ -225,12 +249,14 @@ class TorchTracer:
             return
         self._closed = True
         try:
-            self._flush_batch()
+            if hasattr(self, "_batch"):  # absent when start() failed while attaching
+                self._flush_batch()
         finally:
             for h in self._handles:
                 h.remove()
             self._handles.clear()
-            self._recorder.detach()
+            if hasattr(self, "_recorder"):
+                self._recorder.detach()
             try:
                 self._bg.drain()
             finally:

@@ -9,7 +9,7 @@ TORCH   := torch==2.13.0
 TORCH_INDEX ?=
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps demo test lint bench clean
+.PHONY: setup system-deps demo test lint bench fuzz clean
 
 setup: system-deps $(STAMP)
 
@@ -38,6 +38,10 @@ lint: setup
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# By hand: >= 100,000 mutated traces (hours on a loaded machine); CI runs 2,000 in tests/test_fuzz.py.
+fuzz: setup
+	OMP_NUM_THREADS=1 nice $(PY) bench/fuzz.py --cases $${FUZZ_CASES:-100000}
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-output

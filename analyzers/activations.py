@@ -73,15 +73,15 @@ class ActivationsAnalyzer(StreamingAnalyzer):
     description = "Per-layer activation mean/std over steps (telemetry), the colorful dimension (stacked histograms), saturation of tanh/sigmoid outputs, and fast.ai's early 'rising crash'."
     needs = Needs(tables=("records",), kinds=("activation",))
     params = (
-        Param("saturation_rms", 0.9, "a bounded layer whose output, rescaled to [-1, 1], has a root mean square at least this over the window is saturated"),
-        Param("window", 0.25, "fraction of the last training steps over which saturation is judged"),
-        Param("early", 0.25, "fraction of the first training steps searched for a rising crash"),
-        Param("crash_rise", 5.0, "rising crash: std grows to at least this multiple of its initial value ..."),
-        Param("crash_drop", 0.2, "... then falls to at most this fraction of that peak"),
-        Param("max_buckets", 512, "step buckets kept per series for the telemetry"),
-        Param("hist_buckets", 128, "step columns kept per layer for the colorful dimension"),
-        Param("hist_samples", 8, "colorful dimension: steps summed per column (the first ones of each column's step range)"),
-        Param("max_layers", 16, "layers drawn in the colorful-dimension figure"),
+        Param("saturation_rms", 0.9, "a bounded layer whose output, rescaled to [-1, 1], has a root mean square at least this over the window is saturated", low=0, high=1),
+        Param("window", 0.25, "fraction of the last training steps over which saturation is judged", low=0, low_open=True, high=1),
+        Param("early", 0.25, "fraction of the first training steps searched for a rising crash", low=0, low_open=True, high=1),
+        Param("crash_rise", 5.0, "rising crash: std grows to at least this multiple of its initial value ...", low=1),
+        Param("crash_drop", 0.2, "... then falls to at most this fraction of that peak", low=0, high=1),
+        Param("max_buckets", 512, "step buckets kept per series for the telemetry", low=1),
+        Param("hist_buckets", 128, "step columns kept per layer for the colorful dimension", low=1),
+        Param("hist_samples", 8, "colorful dimension: steps summed per column (the first ones of each column's step range)", low=1),
+        Param("max_layers", 16, "layers drawn in the colorful-dimension figure", low=1),
     )
 
     def consumer(self, trace: Trace, params: dict[str, Any]) -> _ActivationsConsumer:

@@ -9,11 +9,13 @@ framework (torch, onnx).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from tracefmt.errors import UsageError
 from tracefmt.findings import Finding
 
 if TYPE_CHECKING:
@@ -50,11 +52,47 @@ class Needs:
 
 @dataclass(frozen=True)
 class Param:
-    """A named analyzer parameter with its default and a one-line help text."""
+    """A named analyzer parameter with its default, a one-line help text and its allowed range.
+
+    Numeric values are checked against ``low``/``high`` (inclusive; ``low_open`` makes the
+    lower bound exclusive) when settings are resolved; NaN is refused unless ``allow_nan``.
+    """
 
     name: str
     default: Any
     help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    allow_nan: bool = False
+
+    def check(self, value: Any, *, what: str) -> Any:
+        """``value`` if it lies in the declared range.
+
+        Raises:
+            UsageError: a number outside the range, or NaN where not allowed.
+        """
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        if math.isnan(value):
+            if self.allow_nan:
+                return value
+            raise UsageError(f"parameter {what}: NaN is not allowed; {self.range_text()}")
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and value > self.high
+        if too_low or too_high:
+            raise UsageError(f"parameter {what}={value!r} is out of range; {self.range_text()}")
+        return value
+
+    def range_text(self) -> str:
+        """The allowed range in words, e.g. 'allowed: 0 < value <= 1'."""
+        parts = []
+        if self.low is not None:
+            parts.append(f"{self.low:g} {'<' if self.low_open else '<='} ")
+        parts.append("value")
+        if self.high is not None:
+            parts.append(f" <= {self.high:g}")
+        return "allowed: " + "".join(parts) if len(parts) > 1 else "allowed: any number"
 
 
 @dataclass

@@ -48,17 +48,18 @@ class DeadAnalyzer(StreamingAnalyzer):
     description = "Dead layers (fraction of near-zero or exactly-zero activations over the last steps), dead units (channels never positive), layers whose output never changes."
     needs = Needs(tables=("records",), kinds=("activation",))
     params = (
-        Param("threshold", 0.9, "a layer whose near-zero fraction over the window is at least this is dead (warning)"),
-        Param("error_threshold", 0.99, "near-zero fraction at which a dead layer is an error"),
+        Param("threshold", 0.9, "a layer whose near-zero fraction over the window is at least this is dead (warning)", low=0),
+        Param("error_threshold", 0.99, "near-zero fraction at which a dead layer is an error", low=0),
         Param(
             "near_zero",
             1e-3,
             "a non-rectifier layer whose RMS falls below this fraction of its own peak RMS so far is near zero (rectifiers: exact zeros)",
+            low=0,
         ),
-        Param("window", 0.25, "fraction of the last training steps a layer must stay dead"),
-        Param("unit_fraction", 0.5, "dead units of a rectifier layer at or above this fraction are a warning (fewer are info)"),
-        Param("constant_rtol", 1e-6, "relative spread of mean/std/L2 over the window below which an output never changes"),
-        Param("max_buckets", 512, "step buckets kept per series (bounds memory on long runs)"),
+        Param("window", 0.25, "fraction of the last training steps a layer must stay dead", low=0, low_open=True, high=1),
+        Param("unit_fraction", 0.5, "dead units of a rectifier layer at or above this fraction are a warning (fewer are info)", low=0, high=1),
+        Param("constant_rtol", 1e-6, "relative spread of mean/std/L2 over the window below which an output never changes", low=0),
+        Param("max_buckets", 512, "step buckets kept per series (bounds memory on long runs)", low=1),
     )
 
     def consumer(self, trace: Trace, params: dict[str, Any]) -> _DeadConsumer:

@@ -52,20 +52,27 @@ class GradientsAnalyzer(StreamingAnalyzer):
             "vanishing_ratio",
             1e-3,
             "the layers from the input side whose typical gradient norm (or |dL/dW|/|W|) is below this fraction of the output-side layer's: vanishing",
+            low=0,
+            low_open=True,
         ),
         Param(
             "exploding_ratio",
             1e3,
             "the layers from the input side whose typical gradient norm exceeds the output-side layer's by this factor: exploding across depth",
+            low=0,
+            low_open=True,
         ),
         Param(
-            "growth_factor", 100.0, "the norm of all gradients growing by this factor over its value at the start of training is exploding"
+            "growth_factor",
+            100.0,
+            "the norm of all gradients growing by this factor over its value at the start of training is exploding",
+            low=1,
         ),
-        Param("update_ratio_low", 1e-5, "median |update|/|weight| below this: learning rate probably too low (info)"),
-        Param("update_ratio_high", 0.1, "median |update|/|weight| above this: learning rate probably too high (info)"),
-        Param("update_ratio_floor", FLOAT32_EPS, "median |update|/|weight| below this is lost to float32 rounding (warning)"),
-        Param("update_ratio_ceiling", 1.0, "median |update|/|weight| above this replaces the weight each step (warning)"),
-        Param("max_buckets", 512, "step buckets kept per series (bounds memory on long runs)"),
+        Param("update_ratio_low", 1e-5, "median |update|/|weight| below this: learning rate probably too low (info)", low=0),
+        Param("update_ratio_high", 0.1, "median |update|/|weight| above this: learning rate probably too high (info)", low=0),
+        Param("update_ratio_floor", FLOAT32_EPS, "median |update|/|weight| below this is lost to float32 rounding (warning)", low=0),
+        Param("update_ratio_ceiling", 1.0, "median |update|/|weight| above this replaces the weight each step (warning)", low=0, low_open=True),
+        Param("max_buckets", 512, "step buckets kept per series (bounds memory on long runs)", low=1),
     )
 
     def consumer(self, trace: Trace, params: dict[str, Any]) -> _GradientsConsumer:

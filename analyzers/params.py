@@ -117,5 +117,7 @@ def resolve_params(classes: Mapping[str, type[Analyzer]], params: Mapping[str, A
         defaults = classes[analyzer].defaults()
         if pname not in defaults:
             raise UsageError(f"unknown parameter {key!r}; {analyzer} has: {', '.join(defaults) or '(no parameters)'}")
-        resolved[analyzer][pname] = coerce_value(value, defaults[pname], what=key)
+        value = coerce_value(value, defaults[pname], what=key)
+        declared = next((p for p in classes[analyzer].params if p.name == pname), None)
+        resolved[analyzer][pname] = declared.check(value, what=key) if declared is not None else value
     return resolved

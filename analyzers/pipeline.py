@@ -167,6 +167,9 @@ def _selected(names: str | Sequence[str] | None) -> tuple[list[str], bool]:
         return available, False
     wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
     wanted = [n for n in dict.fromkeys(wanted) if n]
+    if not wanted:
+        # An empty selection would run nothing and report success: refuse it.
+        raise UsageError(f"empty analyzer selection; name at least one of: {', '.join(available) or '(none)'}")
     unknown = [n for n in wanted if n not in available]
     if unknown:
         raise UsageError(f"unknown analyzer {', '.join(repr(u) for u in unknown)}; available: {', '.join(available) or '(none)'}")

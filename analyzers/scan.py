@@ -278,6 +278,43 @@ def column_has_values(trace: Trace, column: str, **filters: Any) -> bool:
     return False
 
 
+class SparseColumn:
+    """A node_id-indexed column holding values only for the ids present (``default`` elsewhere).
+
+    Indexing (by an int or an integer array) and ``len`` behave like the dense arrays of
+    :func:`node_table`, whose callers test ``nid < len(column)``.
+    """
+
+    def __init__(self, ids: np.ndarray, values: np.ndarray, default: Any, size: int) -> None:
+        order = np.argsort(ids, kind="stable")
+        self.ids, self.values, self.default, self.size = ids[order], values[order], default, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: Any) -> Any:
+        k = np.asarray(key, dtype=np.int64)
+        if not len(self.ids):
+            return np.full(k.shape, self.default, dtype=self.values.dtype)[()]
+        pos = np.clip(np.searchsorted(self.ids, k), 0, len(self.ids) - 1)
+        hit = self.ids[pos] == k
+        return np.where(hit, self.values[pos], np.asarray(self.default, dtype=self.values.dtype))[()]
+
+
+def _sparse_node_table(n: pa.Table, ids: np.ndarray, size: int) -> dict[str, Any]:
+    def col(values: Any, default: Any, dtype: Any) -> SparseColumn:
+        return SparseColumn(ids.astype(np.int64), np.asarray(values, dtype=dtype), default, size)
+
+    return {
+        "name": col(n.column("name").to_pylist(), None, object),
+        "op_type": col(n.column("op_type").to_pylist(), "", object),
+        "order": col(n.column("order").fill_null(-1).to_numpy(), -1, np.int64),
+        "param_count": col(n.column("param_count").fill_null(0).to_numpy(), 0, np.int64),
+        "container": col(n.column("container").fill_null(False).to_numpy(zero_copy_only=False), False, bool),
+        "known": col(np.ones(len(ids), dtype=bool), False, bool),
+    }
+
+
 def node_table(trace: Trace) -> dict[str, np.ndarray]:
     """The nodes table as numpy arrays indexed by node_id (dense lookup tables).
 
@@ -291,6 +328,10 @@ def node_table(trace: Trace) -> dict[str, np.ndarray]:
     n = trace.nodes
     ids = n.column("node_id").to_numpy()
     size = int(ids.max()) + 1 if len(ids) else 0
+    if len(ids) and (int(ids.min()) < 0 or size > 4 * len(ids) + 4096):
+        # Ids far larger than the table (a trace may declare node_id 2**31-1): a lookup over
+        # the ids present, so memory follows the rows, never the largest id.
+        return _sparse_node_table(n, ids, size)
     out = {
         "name": np.full(size, None, dtype=object),
         "op_type": np.full(size, "", dtype=object),

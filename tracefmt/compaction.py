@@ -27,7 +27,6 @@ which readers still honour.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -40,12 +39,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from . import safe_io
 from ._conform import conform_table
 from .errors import TraceFormatError, UsageError
 from .manifest import read_manifest
 from .rolling import repeated_string
 from .schema import TABLES
-from .segments import JOURNAL, Segment, iter_batches, list_segments, open_segment, rank_of_dir, segment_index
+from .segments import JOURNAL, Segment, iter_batches, list_segments, open_segment, rank_of_dir, read_journal, segment_index
 
 __all__ = ["compact_trace", "CompactionResult", "PartitionResult", "SORT_KEYS"]
 
@@ -138,8 +138,17 @@ def compact_trace(
             if len(segs) == 1 and segs[0].format == "parquet" and not segs[0].open:
                 result.skipped.append(f"{table}/{segs[0].path.parent.name}")
                 continue
-            result.partitions.append(_compact_partition(root, table, rank, segs, compression=compression, run_id=run_id,
-                                                        chunk_rows=chunk_rows, row_group_rows=row_group_rows))  # fmt: skip
+            damaged = [s for s in map(open_segment, segs) if not s.complete and not s.open]
+            if damaged and manifest.get("complete", False) and not force:
+                raise TraceFormatError(f"{damaged[0].path}: {damaged[0].problem}, although the trace is marked complete (damaged?); "
+                                       "not compacted: --force keeps only its readable rows")  # fmt: skip
+            try:
+                result.partitions.append(_compact_partition(root, table, rank, segs, compression=compression, run_id=run_id,
+                                                            chunk_rows=chunk_rows, row_group_rows=row_group_rows))  # fmt: skip
+            except (pa.ArrowException, UnicodeDecodeError) as exc:
+                # Segments that open but do not fit the table's schema: nothing was changed.
+                raise TraceFormatError(f"{root / table}: rank {rank} not compacted, the segments do not fit table '{table}' "
+                                       f"({' '.join(str(exc).split())[:300]})") from None  # fmt: skip
     if is_remote(path, filesystem) and result.partitions:
         publish_compaction(root, path, filesystem=filesystem)
     return result
@@ -168,17 +177,23 @@ def _recover_switches(table_dir: Path) -> None:
 
 
 def _recover(rank_dir: Path) -> None:
-    """Finish or undo a compaction interrupted in ``rank_dir`` (see the module docstring)."""
+    """Finish or undo a compaction interrupted in ``rank_dir`` (see the module docstring).
+
+    Only regular files directly in ``rank_dir`` are ever removed: journal entries are
+    checked to be plain names (a journal is data from the trace, never a path).
+    """
     # A temporary output was never published (step 4 renames it): it is always garbage.
-    for tmp in rank_dir.glob(".part-*.parquet.tmp"):
-        tmp.unlink()
+    for tmp in safe_io.plain_entries(rank_dir):
+        if tmp.name.startswith(".part-") and tmp.name.endswith(".tmp") and safe_io.is_regular_file(tmp):
+            tmp.unlink()
     journal = rank_dir / JOURNAL
-    if not journal.is_file():
+    if not os.path.lexists(journal):
         return
-    data = json.loads(journal.read_text())
-    if (rank_dir / data["output"]).is_file():
-        for name in data["replaces"]:
-            (rank_dir / name).unlink(missing_ok=True)
+    output, replaces = read_journal(journal)
+    if safe_io.is_regular_file(rank_dir / output):
+        for name in replaces:
+            if safe_io.is_regular_file(rank_dir / name) and name != output:
+                (rank_dir / name).unlink()
     journal.unlink()
 
 
@@ -195,7 +210,7 @@ def _compact_partition(root: Path, table: str, rank: int, segs: list[Segment], *
     tdef = TABLES[table]
     rank_dir = segs[0].path.parent
     schema = tdef.schema
-    opened = [open_segment(s) for s in segs]
+    opened = segs  # opened (and validated) by compact_trace
     for s in opened:
         if not s.readable and not s.recoverable:
             raise TraceFormatError(f"{s.path}: {s.problem}; not compacted (move the file away to compact the rest)")
@@ -210,6 +225,10 @@ def _compact_partition(root: Path, table: str, rank: int, segs: list[Segment], *
     new_dir.mkdir(mode=0o777)  # exclusive: fails if it exists; the umask applies
     try:
         out = new_dir / name
+        try:
+            pq.ParquetWriter(pa.BufferOutputStream(), schema, compression=compression).close()
+        except (pa.ArrowException, ValueError) as exc:
+            raise UsageError(f"cannot write Parquet with compression {compression!r} ({exc})") from None
         key = [(k, "ascending") for k in SORT_KEYS[table]]
         with pq.ParquetWriter(out, schema, compression=compression) as writer:
             for expr in _chunks(source, table, chunk_rows):

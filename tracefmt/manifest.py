@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TraceFormatError, TraceNotFoundError, UnsupportedVersionError
+from .safe_io import read_json
 from .schema import FORMAT_NAME, FORMAT_VERSION
 
 __all__ = ["MANIFEST", "new_manifest", "read_manifest", "write_manifest", "check_version", "parse_version", "SUPPORTED_MAJOR"]
@@ -24,7 +25,7 @@ _READ_MAJOR = SUPPORTED_MAJOR
 def parse_version(text: Any, *, where: str = MANIFEST) -> tuple[int, int]:
     """Parse ``'MAJOR.MINOR'`` into integers, refusing anything else."""
     parts = str(text).split(".")
-    if not isinstance(text, str) or len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if not isinstance(text, str) or len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
         raise TraceFormatError(f"{where}: format_version must be 'MAJOR.MINOR', got {text!r}")
     return int(parts[0]), int(parts[1])
 
@@ -72,12 +73,9 @@ def read_manifest(trace_dir: Path) -> dict[str, Any]:
     path = Path(trace_dir) / MANIFEST
     if not Path(trace_dir).is_dir():
         raise TraceNotFoundError(f"{trace_dir}: not a trace directory (no such directory)")
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise TraceNotFoundError(f"{trace_dir}: not a trace directory (missing {MANIFEST})")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TraceFormatError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise TraceFormatError(f"{path}: must be a JSON object")
     if data.get("format") != FORMAT_NAME:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
+from .errors import TraceFormatError
+
 __all__ = ["OpClass", "classify_op_type", "node_op_classes", "RECTIFYING", "ACTIVATIONS"]
 
 
@@ -158,5 +160,11 @@ def node_op_classes(op_class: list[str | None], op_type: list[str], container: l
             inferred += 1
             out.append(classify_op_type(op or "", container=bool(cont)))
         else:
-            out.append(OpClass(cls))
+            try:
+                out.append(OpClass(cls))
+            except ValueError:
+                # Enumerations are closed within a major version (spec 15): bad input, not a bug.
+                raise TraceFormatError(
+                    f"table 'nodes' column 'op_class': {cls!r} is not an op class; known: {', '.join(c.value for c in OpClass)}"
+                ) from None
     return out, inferred

@@ -13,7 +13,6 @@ complete or not, in one place for the reader, the validator and ``compact``.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
+
+from . import safe_io
+from .errors import TraceFormatError
 
 __all__ = [
     "Segment",
@@ -89,23 +91,29 @@ def read_whole_file(path: Path) -> pa.Table:
 
     Raises:
         pa.ArrowInvalid, OSError: the file is none of them.
+        TraceFormatError: a link or special file, or damaged Arrow data.
     """
+    safe_io.check_regular_file(path)  # never a link, FIFO or device (a trace is data)
     if _head(path, 4) == b"PAR1":
-        return pq.read_table(path)
-    with pa.memory_map(str(path)) as source:
-        try:
-            return ipc.open_file(source).read_all()
-        except pa.ArrowInvalid:
-            source.seek(0)
-            return ipc.open_stream(source).read_all()
+        table = pq.read_table(path)
+    else:
+        with pa.memory_map(str(path)) as source:
+            try:
+                table = ipc.open_file(source).read_all()
+            except pa.ArrowInvalid:
+                source.seek(0)
+                table = ipc.open_stream(source).read_all()
+    return safe_io.check_batch(table, where=str(path))
 
 
 def table_files(directory: Path) -> list[Path]:
     """The visible ``.parquet``/``.arrow`` files of a whole-file table directory (findings), by name."""
-    if not Path(directory).is_dir():
+    if not safe_io.is_plain_dir(directory):
         return []
+    # Links and special files are listed too, so that reading them is refused with one line.
+    candidates = safe_io.plain_entries(directory) + [p for p, _ in safe_io.special_entries(directory)]
     return sorted(
-        p for p in Path(directory).iterdir() if p.suffix in (".parquet", ".arrow") and not p.name.startswith((".", "_")) and p.is_file()
+        p for p in candidates if p.suffix in (".parquet", ".arrow") and not p.name.startswith((".", "_")) and not safe_io.is_plain_dir(p)
     )
 
 
@@ -126,16 +134,25 @@ JOURNAL = ".compact.json"
 def replaced_by_journal(rank_dir: Path) -> set[str]:
     """Names of segments in ``rank_dir`` superseded by a finished compaction output."""
     journal = Path(rank_dir) / JOURNAL
-    if not journal.is_file():
+    if not safe_io.is_regular_file(journal):
         return set()
-    try:
-        data = json.loads(journal.read_text())
-        output, replaces = data["output"], data["replaces"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-    if not (Path(rank_dir) / str(output)).is_file():
+    output, replaces = read_journal(journal)
+    if not safe_io.is_regular_file(Path(rank_dir) / output):
         return set()  # compaction did not publish its output: the old segments are the data
-    return {str(name) for name in replaces}
+    return set(replaces)
+
+
+def read_journal(journal: Path) -> tuple[str, list[str]]:
+    """The output and replaced segment names of a compaction journal, each a plain name.
+
+    Raises:
+        TraceFormatError: the journal is not JSON of that shape, or a name leaves its directory.
+    """
+    data = safe_io.read_json(journal)
+    if not isinstance(data, dict) or not isinstance(data.get("replaces"), list):
+        raise TraceFormatError(f"{journal}: a compaction journal must be an object with 'output' and a list 'replaces'")
+    output = safe_io.plain_name(data.get("output"), where=str(journal))
+    return output, [safe_io.plain_name(n, where=str(journal)) for n in data["replaces"]]
 
 
 @dataclass
@@ -155,6 +172,8 @@ class Segment:
     #: False when the file is not a (possibly cut) segment at all: bad magic, not Parquet.
     #: A segment cut before its schema (a writer killed at once) is recoverable: no rows.
     recoverable: bool = True
+    #: Columns holding nulls in any batch (found by the validation pass of :func:`open_segment`).
+    null_columns: set[str] = field(default_factory=set)
     #: True for a writer's open segment (hidden from outside engines, read by tracefmt).
     open: bool = False
 
@@ -168,21 +187,22 @@ def list_segments(trace_dir: Path, table: str, ranks: set[int] | None = None) ->
     """Find the segment files of ``table`` (optionally only some ranks), in rank, name order."""
     root = Path(trace_dir) / table
     out: list[Segment] = []
-    if not root.is_dir():
+    _refuse_links(root)
+    if not safe_io.is_plain_dir(root):
         return out
-    for rank_dir in sorted(root.iterdir()):
+    for rank_dir in safe_io.plain_entries(root):
         rank = rank_of_dir(rank_dir.name)
-        if rank is None or not rank_dir.is_dir():
+        if rank is None or not safe_io.is_plain_dir(rank_dir):
             continue
         if ranks is not None and rank not in ranks:
             continue
         superseded = replaced_by_journal(rank_dir)
         # In segment order (an open segment is the newest of its rank), other names after.
-        entries = sorted(rank_dir.iterdir(), key=lambda p: (segment_index(p.name) is None, segment_index(p.name) or 0, p.name))
+        entries = sorted(safe_io.plain_entries(rank_dir), key=lambda p: (segment_index(p.name) is None, segment_index(p.name) or 0, p.name))
         closed = {segment_index(p.name) for p in entries if not p.name.startswith(".")}
         for p in entries:
             fmt = _SUFFIX_FORMAT.get(p.suffix)
-            if not fmt or not p.is_file():
+            if not fmt or not safe_io.is_regular_file(p):
                 continue
             m = OPEN_RE.match(p.name)
             if m:
@@ -191,14 +211,28 @@ def list_segments(trace_dir: Path, table: str, ranks: set[int] | None = None) ->
                     out.append(Segment(path=p, table=table, rank=rank, format="file", open=True))
             elif not p.name.startswith(".") and p.name not in superseded:
                 out.append(Segment(path=p, table=table, rank=rank, format=fmt))
+        for p, kind in safe_io.special_entries(rank_dir):
+            if p.suffix in _SUFFIX_FORMAT and not p.name.startswith("."):
+                out.append(Segment(path=p, table=table, rank=rank, format=_SUFFIX_FORMAT[p.suffix], complete=False,
+                                   problem=f"is {kind}; a segment must be a regular file inside the trace", recoverable=False))  # fmt: skip
     return out
+
+
+def _refuse_links(root: Path) -> None:
+    """Refuse a table directory, or a rank directory in it, that is a link or special file."""
+    parent_special = dict(safe_io.special_entries(root.parent))
+    if root in parent_special:
+        raise TraceFormatError(f"{root}: is {parent_special[root]}; a table directory must be a real directory inside the trace")
+    for p, kind in safe_io.special_entries(root):
+        if _RANK_DIR.match(p.name):
+            raise TraceFormatError(f"{p}: is {kind}; a rank directory must be a real directory inside the trace")
 
 
 def _read_stream(seg: Segment, source: pa.NativeFile) -> None:
     """Read an IPC stream batch by batch, stopping cleanly at a truncated message."""
     try:
         reader = ipc.open_stream(source)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         seg.problem = f"no readable schema ({exc})"
         return
     seg.schema = reader.schema
@@ -207,7 +241,7 @@ def _read_stream(seg: Segment, source: pa.NativeFile) -> None:
             seg.batches.append(reader.read_next_batch())
         except StopIteration:
             break
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowException, OSError) as exc:
             seg.complete = False
             seg.problem = f"truncated after {len(seg.batches)} complete record batches ({exc})"
             return
@@ -225,17 +259,48 @@ def open_segment(seg: Segment, *, load: bool = False) -> Segment:
     unless ``load`` is true; streams and footer-less IPC files are read (memory-mapped, so
     the batches are zero-copy views of the file) because no lazy reader exists for them.
     """
+    if seg.problem and not seg.recoverable and seg.schema is None:
+        return seg  # refused when listed (a link or special file): never opened
     seg.batches = []
     seg.problem = ""
     seg.complete = True
     seg.recoverable = True
+    try:
+        safe_io.check_regular_file(seg.path)
+        _open(seg, load=load)
+        _validate(seg)
+    except (TraceFormatError, OSError) as exc:
+        seg.schema, seg.batches, seg.complete, seg.recoverable = None, [], False, False
+        seg.problem = str(exc).removeprefix(f"{seg.path}: ")
+    return seg
+
+
+def _validate(seg: Segment) -> None:
+    """Fully validate every batch of ``seg`` before anything computes on it (bounded memory)."""
+    where = str(seg.path)
+    if seg.schema is None:
+        return
+    safe_io.check_schema_names(seg.schema, where=where)
+    if seg.batches or not seg.complete:
+        safe_io.check_batches(seg.batches, where=where)
+        seg.null_columns = {n for b in seg.batches for n, c in zip(b.schema.names, b.columns) if c.null_count}
+        return
+    try:
+        for b in _iter_closed(seg, None, 65536):
+            safe_io.check_batch(b, where=where)
+            seg.null_columns.update(n for n, c in zip(b.schema.names, b.columns) if c.null_count)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise TraceFormatError(f"{where}: unreadable ({' '.join(str(exc).split())[:300]})") from None
+
+
+def _open(seg: Segment, *, load: bool) -> Segment:
     if seg.format == "parquet":
         try:
             pf = pq.ParquetFile(seg.path)
             seg.schema = pf.schema_arrow
             if load:
                 seg.batches = pf.read().to_batches()
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowException, OSError) as exc:
             seg.schema, seg.complete, seg.problem, seg.recoverable = None, False, f"unreadable Parquet ({exc})", False
         return seg
     try:
@@ -263,7 +328,7 @@ def open_segment(seg: Segment, *, load: bool = False) -> Segment:
             if load:
                 seg.batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
             return seg
-        except (pa.ArrowInvalid, OSError):
+        except (pa.ArrowException, OSError):
             pass
         if head != IPC_MAGIC:
             seg.schema, seg.complete, seg.problem, seg.recoverable = None, False, "not an Arrow IPC file (bad magic)", False
@@ -314,6 +379,11 @@ def iter_batches(seg: Segment, *, columns: list[str] | None = None, batch_rows: 
         for b in seg.batches:
             yield select(b)
         return
+    yield from _iter_closed(seg, cols, batch_rows)
+
+
+def _iter_closed(seg: Segment, cols: list[str] | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The batches of a closed segment straight from its file."""
     if seg.format == "parquet":
         yield from pq.ParquetFile(seg.path).iter_batches(batch_size=batch_rows, columns=cols)
         return
@@ -321,7 +391,8 @@ def iter_batches(seg: Segment, *, columns: list[str] | None = None, batch_rows: 
         if seg.format == "file":
             reader = ipc.open_file(source)
             for i in range(reader.num_record_batches):
-                yield select(reader.get_batch(i))
+                b = reader.get_batch(i)
+                yield b if cols is None else b.select(cols)
         else:
             for b in ipc.open_stream(source):
-                yield select(b)
+                yield b if cols is None else b.select(cols)

@@ -69,7 +69,7 @@ class Trace:
         steps = rec.get("steps", {})
         rows = [
             ("model", s.get("model")), ("run", s.get("run_id")), ("format", s.get("format_version")),
-            ("producer", (s.get("producer") or {}).get("adapter")), ("complete", s.get("complete")),
+            ("producer", s["producer"].get("adapter") if isinstance(s.get("producer"), dict) else None), ("complete", s.get("complete")),
             ("nodes", f"{nodes.get('count')} ({nodes.get('edges')} edges, {nodes.get('param_count')} parameters)"),
             ("records", f"{rec.get('rows')} rows; kinds {rec.get('kinds')}; phases {rec.get('phases')}"),
             ("steps", f"{steps.get('count')} ({steps.get('first')}..{steps.get('last')})"),
@@ -102,8 +102,9 @@ class Trace:
             raise TraceNotFoundError(f"{self.path}: missing {NODES.location}")
         try:
             table = read_whole_file(path)
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowException, OSError) as exc:
             raise TraceFormatError(f"{path}: not a Parquet file, Arrow IPC file or stream ({exc})") from None
+        _check_required(table.schema, {n for n, c in zip(table.schema.names, table.columns) if c.null_count}, NODES, str(path))
         table = conform_table(table, _extended(NODES.schema, table.schema), where=str(path))
         return table.sort_by("node_id")
 
@@ -162,6 +163,7 @@ class Trace:
         for s in segs:
             if s.format != "parquet" and s.schema is not None:
                 _check_types(s, tdef)
+            _check_required(s.schema, s.null_columns, tdef, str(s.path))
         if files:
             children.append(_ds().dataset(files, format="arrow", schema=schema))
         if parquet:
@@ -330,7 +332,10 @@ class Trace:
                 table = _ds().dataset(table).to_table(filter=expr)
             if not table.num_rows:
                 continue
-            values = table.column("values").combine_chunks().to_numpy_ndarray()
+            try:
+                values = table.column("values").combine_chunks().to_numpy_ndarray()
+            except (KeyError, pa.ArrowException, AttributeError, TypeError) as exc:
+                raise TraceFormatError(f"{seg.path}: table 'tensors' column 'values' is not a non-null fixed-shape tensor column ({exc})") from None
             yield from zip(table.drop_columns(["values"]).to_pylist(), values)
 
     # -- pandas helpers ----------------------------------------------------------------
@@ -390,6 +395,18 @@ def _extended(base: pa.Schema, other: pa.Schema | None) -> pa.Schema:
         return base
     extra = [f for f in other if f.name not in base.names]
     return pa.schema(list(base) + extra, metadata=base.metadata) if extra else base
+
+
+def _check_required(schema: pa.Schema | None, null_columns: set[str], tdef: Any, where: str) -> None:
+    """Refuse a table lacking a required column or holding nulls in one (readers compute on them)."""
+    if schema is None:
+        return
+    for col in tdef.columns:
+        if not col.nullable:
+            if col.name not in schema.names:
+                raise TraceFormatError(f"{where}: table '{tdef.name}' lacks required column '{col.name}'")
+            if col.name in null_columns:
+                raise TraceFormatError(f"{where}: table '{tdef.name}' column '{col.name}' holds nulls but is required")
 
 
 def _check_types(seg: Segment, tdef: Any) -> None:

@@ -10,7 +10,6 @@ repeats is reported once per file and column with its first row and the number o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -21,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import safe_io
 from ._batch_checks import Issue, check_batch, check_schema
 from .enums import Severity
 from .errors import TraceFormatError, TraceNotFoundError
@@ -203,10 +203,7 @@ def validate_trace(path: str | Path, *, tables: Iterable[str] | None = None, fil
         raise TraceNotFoundError(f"{path}: not a trace directory (no such directory)")
     if not (root / MANIFEST).is_file():
         raise TraceNotFoundError(f"{root}: not a trace directory (missing {MANIFEST})")
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TraceFormatError(f"{root / MANIFEST}: not valid JSON ({exc})") from None
+    manifest = safe_io.read_json(root / MANIFEST)
     root = root.resolve()
     report = ValidationReport(root)
     out = _Collector(report.path)
@@ -221,7 +218,9 @@ def validate_trace(path: str | Path, *, tables: Iterable[str] | None = None, fil
                 _check_partitioned(root, name, out, report, node_ids, world_size)
         if selected is None or "findings" in selected:
             _check_findings(root, out, report)
-        for entry in sorted(root.iterdir()):
+        for entry, kind in safe_io.special_entries(root):
+            out.add(Severity.ERROR, "not-a-regular-file", f"'{entry.name}' is {kind}; a trace holds only regular files and directories", file=entry)
+        for entry in safe_io.plain_entries(root):
             if entry.name not in _KNOWN_ENTRIES and not entry.name.startswith("."):
                 out.add(
                     Severity.INFO, "unknown-entry", f"'{entry.name}' is not part of format {FORMAT_VERSION} (readers ignore it)", file=entry
@@ -321,7 +320,10 @@ def _check_manifest(m: Any, out: _Collector) -> bool:
 
 
 def _has_rows_referencing_nodes(root: Path) -> bool:
-    return any(list_segments(root, t) for t in ("records", "tensors"))
+    try:
+        return any(list_segments(root, t) for t in ("records", "tensors"))
+    except TraceFormatError:
+        return True  # a linked table directory: reported by the table's own check
 
 
 def _check_nodes(root: Path, out: _Collector, report: ValidationReport, *, required: bool) -> set[int] | None:
@@ -333,7 +335,10 @@ def _check_nodes(root: Path, out: _Collector, report: ValidationReport, *, requi
         return None
     try:
         table = read_whole_file(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except TraceFormatError as exc:
+        out.add(Severity.ERROR, "unreadable", str(exc).removeprefix(f"{path}: "), table="nodes", file=path)
+        return None
+    except (pa.ArrowException, OSError) as exc:
         out.add(Severity.ERROR, "unreadable", f"not a Parquet file, Arrow IPC file or stream ({exc})", table="nodes", file=path)
         return None
     report.rows_checked["nodes"] = table.num_rows
@@ -394,7 +399,12 @@ def _check_partitioned(
             if not entry.name.startswith(".") and not (entry.is_dir() and rank_of_dir(entry.name) is not None):
                 out.add(Severity.WARNING, "bad-layout", f"'{entry.name}' is not a rank-<R> partition directory (ignored by readers)", table=name, file=entry)
     rows = 0
-    for seg in list_segments(root, name):
+    try:
+        segments = list_segments(root, name)
+    except TraceFormatError as exc:
+        out.add(Severity.ERROR, "unreadable", str(exc), table=name, file=table_dir)
+        return
+    for seg in segments:
         open_segment(seg)
         if seg.rank >= world_size:
             out.add(
@@ -481,14 +491,14 @@ def _check_whole_table(tdef: Any, table: pa.Table, out: _Collector, path: Path) 
 
 def _check_findings(root: Path, out: _Collector, report: ValidationReport) -> None:
     fdir = root / "findings"
-    if not fdir.is_dir():
+    if not safe_io.is_plain_dir(fdir):
         return
     rows = 0
     for path in table_files(fdir):
         try:
             table = read_whole_file(path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            out.add(Severity.ERROR, "unreadable", f"not a Parquet or Arrow IPC file ({exc})", table="findings", file=path)
+        except (pa.ArrowException, OSError, TraceFormatError) as exc:
+            out.add(Severity.ERROR, "unreadable", str(exc).removeprefix(f"{path}: "), table="findings", file=path)
             continue
         rows += _check_whole_table(FINDINGS, table, out, path)
     report.rows_checked["findings"] = rows

@@ -15,6 +15,7 @@ import numpy as np
 
 from tracefmt.errors import MissingDependencyError
 
+from ..escaping import dot_lines, dot_text
 from .plots import state_colour
 
 if TYPE_CHECKING:
@@ -43,14 +44,15 @@ def transition_graph(transmat: np.ndarray, dwell_total: np.ndarray, edges: list[
         raise MissingDependencyError("graphviz", "analyzers", "the state-transition graph") from None
     # Left to right reads well for a few states; a longer chain would be too wide for a page.
     rankdir = "LR" if transmat.shape[0] <= 4 else "TB"
-    g = graphviz.Digraph("dynamics", graph_attr={"rankdir": rankdir, "fontname": "Helvetica", "label": title, "labelloc": "t"})
+    g = graphviz.Digraph("dynamics", graph_attr={"rankdir": rankdir, "fontname": "Helvetica", "label": dot_text(title), "labelloc": "t"})
     g.attr("node", shape="ellipse", style="filled", fontname="Helvetica", fontsize="11")
     g.attr("edge", fontname="Helvetica", fontsize="9")
     for s in range(transmat.shape[0]):
         g.node(f"s{s}", f"state {s}\n{int(dwell_total[s])} checkpoints\nstay p = {transmat[s, s]:.2f}", fillcolor=state_colour(s) + "80")
     for e in edges:
-        feats = "\n".join(f"{name} {'↑' if grad > 0 else '↓'} ({grad:+.2f})" for name, grad in e.top)
-        g.edge(f"s{e.source}", f"s{e.target}", label=f"p = {transmat[e.source, e.target]:.2f} (seen {e.count}×)\n{feats}")
+        # Feature names come from the trace (node names): plain, escaped text only.
+        feats = [f"{name} {'↑' if grad > 0 else '↓'} ({grad:+.2f})" for name, grad in e.top]
+        g.edge(f"s{e.source}", f"s{e.target}", label=dot_lines([f"p = {transmat[e.source, e.target]:.2f} (seen {e.count}×)", *feats]))
     return g
 
 

@@ -15,13 +15,13 @@ defined here too, so the graph, its legend and the HTML report agree.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tracefmt.enums import Severity
 
+from ..escaping import html_text
 from ..figures import DIVERGING_CMAP, SEQUENTIAL_CMAP
 from ..figures import SEVERITY_COLORS as _FIGURE_SEVERITY_COLORS
 
@@ -183,13 +183,13 @@ def legend_label(scale: ColorScale | None, *, title: str, extras: Iterable[tuple
     Returns:
         The label, to be passed wrapped in ``<...>`` to a Graphviz node.
     """
-    rows = [f'<TR><TD COLSPAN="2" BORDER="0"><B>{html.escape(title)}</B></TD></TR>']
+    rows = [f'<TR><TD COLSPAN="2" BORDER="0"><B>{html_text(title)}</B></TD></TR>']
     if scale is not None:
         if scale.log:
             rows.append('<TR><TD COLSPAN="2" BORDER="0"><I>log scale</I></TD></TR>')
         for v in reversed(scale.ticks()):
             fill = scale.color(v)
-            rows.append(f'<TR><TD BGCOLOR="{fill}" WIDTH="28" FIXEDSIZE="FALSE"> </TD><TD BORDER="0" ALIGN="LEFT">{html.escape(format_value(v))}</TD></TR>')
+            rows.append(f'<TR><TD BGCOLOR="{fill}" WIDTH="28" FIXEDSIZE="FALSE"> </TD><TD BORDER="0" ALIGN="LEFT">{html_text(format_value(v))}</TD></TR>')
     for fill, text in extras:
-        rows.append(f'<TR><TD BGCOLOR="{fill}" WIDTH="28"> </TD><TD BORDER="0" ALIGN="LEFT">{html.escape(text)}</TD></TR>')
+        rows.append(f'<TR><TD BGCOLOR="{fill}" WIDTH="28"> </TD><TD BORDER="0" ALIGN="LEFT">{html_text(text)}</TD></TR>')
     return '<TABLE BORDER="1" CELLBORDER="1" CELLSPACING="2" CELLPADDING="3" BGCOLOR="white">' + "".join(rows) + "</TABLE>"

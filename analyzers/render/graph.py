@@ -24,7 +24,9 @@ import pyarrow as pa
 from tracefmt.enums import Kind, Phase, Severity, coerce
 from tracefmt.errors import MissingDependencyError, UsageError
 from tracefmt.findings import Finding, findings_table
+from tracefmt.safe_io import write_atomic
 
+from ..escaping import dot_lines, dot_text
 from .colors import NO_DATA_FILL, NONFINITE_FILL, SEVERITY_COLORS, ColorScale, format_value, legend_label, scale_for, text_color
 from .hierarchy import build_hierarchy
 from .metrics import METRICS, Metric, NodeValues, node_values, values_from_findings
@@ -90,9 +92,9 @@ def _locate(row: Mapping[str, Any], by_name: Mapping[str, int], ids: set[int]) -
     return nid if nid in ids and not name else None
 
 
-def _lines(lines: list[str]) -> str:
-    """Lines joined with DOT's centred line break; backslashes of the text kept literal."""
-    return "\\n".join(line.replace("\\", "\\\\") for line in lines)
+def _lines(lines: list[str], limit: int | None = None) -> Any:
+    """Lines joined with DOT's centred line break, as plain text (see :mod:`tracefmt.analyzers.escaping`)."""
+    return dot_lines(lines, limit=limit)
 
 
 def _short(name: str) -> str:
@@ -248,7 +250,7 @@ def render_graph(
         where = f"{overlay.phase.value} step {overlay.step}" if overlay.step is not None else "no records"
         title = f"{model} — {scale.label if scale else 'graph'} — {where}" if metric is not Metric.NONE else f"{model}"
     g = graphviz.Digraph(name="tracefmt", engine="dot")
-    g.attr(rankdir="TB", fontname="Helvetica", fontsize="14", label=title, labelloc="t", newrank="true", ranksep="0.3", nodesep="0.25")
+    g.attr(rankdir="TB", fontname="Helvetica", fontsize="14", label=dot_text(title), labelloc="t", newrank="true", ranksep="0.3", nodesep="0.25")
     if large:
         # Straight edges and bounded optimisation passes: the dot layout of ~2,000 nodes
         # stays at seconds instead of minutes, at the cost of a few more edge crossings.
@@ -284,7 +286,7 @@ def render_graph(
             label_lines.append(f"[{worst.value}] " + ", ".join(codes)[:40])
             if nf is None:
                 attrs.update(color=SEVERITY_COLORS[worst], penwidth="4" if worst is Severity.ERROR else "3")
-        attrs.update(fillcolor=fill, fontcolor=text_color(fill), label=_lines(label_lines), tooltip=_lines(tooltip)[:1500])
+        attrs.update(fillcolor=fill, fontcolor=text_color(fill), label=_lines(label_lines), tooltip=_lines(tooltip, limit=1500))
         return attrs
 
     leaf_by_drawn: dict[str, list[dict[str, Any]]] = {}
@@ -328,7 +330,7 @@ def render_graph(
             return
         c = hier.clusters[key]
         with target.subgraph(name=f"cluster_{cluster_index[key]}") as sub:
-            sub.attr(label=_short(c.label) + (f" ({c.op_type})" if c.op_type else ""), style="rounded", color="#9a9a9a", fontsize="11", fontcolor="#444444")
+            sub.attr(label=dot_text(_short(c.label) + (f" ({c.op_type})" if c.op_type else "")), style="rounded", color="#9a9a9a", fontsize="11", fontcolor="#444444")
             for r in children_leaves.get(key, []):
                 emit_leaf(sub, r)
             for child in c.children:
@@ -413,11 +415,7 @@ def save(graph: graphviz.Digraph, path: str | Path, *, format: str | None = None
     if fmt not in FORMATS:
         raise UsageError(f"unknown graph format {fmt!r}; available: {', '.join(FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "dot":
-        path.write_text(graph.source)
-        return path
-    path.write_bytes(pipe(graph, fmt))
-    return path
+    return write_atomic(path, graph.source if fmt == "dot" else pipe(graph, fmt))
 
 
 def pipe(graph: graphviz.Digraph, fmt: str = "svg") -> bytes:

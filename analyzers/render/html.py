@@ -9,13 +9,13 @@ in a headless browser); the page needs no script to display.
 from __future__ import annotations
 
 import base64
-import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tracefmt.enums import Severity
 
+from ..escaping import html_text
 from .colors import SEVERITY_COLORS, format_value
 
 __all__ = ["escape", "table", "png_img", "inline_svg", "section", "page", "severity_badge"]
@@ -92,13 +92,14 @@ document.querySelectorAll('.graph').forEach(function (box) {
 def escape(value: Any) -> str:
     """HTML-escape ``value`` formatted for display (numbers with 4 significant digits)."""
     if isinstance(value, float):
-        return html.escape(format_value(value))
-    return html.escape("-" if value is None else str(value))
+        return html_text(format_value(value))
+    return html_text("-" if value is None else value)
 
 
 def severity_badge(severity: str, text: str | None = None) -> str:
     """A coloured pill for a severity, in the graph's severity colours."""
-    colour = SEVERITY_COLORS.get(Severity(severity), "#777")
+    known = {s.value: s for s in Severity}
+    colour = SEVERITY_COLORS.get(known.get(severity), "#777")
     return f'<span class="badge" style="background:{colour}">{escape(text if text is not None else severity)}</span>'
 
 

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from tracefmt.enums import Kind, Severity
 from tracefmt.errors import MissingDependencyError
 from tracefmt.findings import Finding
+from tracefmt.safe_io import write_atomic
 from tracefmt.schema import FINDINGS
 
 from . import html as H
@@ -102,19 +103,23 @@ def run_summary(trace: Trace) -> list[dict[str, Any]]:
     if trace.has("records"):
         steps = trace.read("records", columns=["step", "phase", "kind"])
         rows.append({"field": "records", "value": f"{steps.num_rows:,}"})
-        for phase in sorted(set(steps.column("phase").to_pylist())):
+        # Nulls (a nonconforming trace) are left out: the summary shows what is there.
+        for phase in sorted(set(steps.column("phase").drop_null().to_pylist())):
             sel = steps.filter(pc.equal(steps.column("phase"), phase))
-            kinds = ", ".join(sorted(set(sel.column("kind").to_pylist())))
+            kinds = ", ".join(sorted(set(sel.column("kind").drop_null().to_pylist())))
             lo, hi = pc.min(sel.column("step")).as_py(), pc.max(sel.column("step")).as_py()
             rows.append({"field": f"{phase} steps", "value": f"{lo}–{hi} ({kinds})"})
     if trace.has("scalars"):
         s = trace.scalars
-        for name in sorted(set(s.column("name").to_pylist())):
-            for phase in sorted(set(s.filter(pc.equal(s.column("name"), name)).column("phase").to_pylist())):
+        for name in sorted(set(s.column("name").drop_null().to_pylist())):
+            for phase in sorted(set(s.filter(pc.equal(s.column("name"), name)).column("phase").drop_null().to_pylist())):
                 sel = s.filter(pc.and_(pc.equal(s.column("name"), name), pc.equal(s.column("phase"), phase)))
+                if not sel.num_rows:
+                    continue
                 last = sel.column("value")[-1].as_py()
                 rows.append({"field": f"{name} ({phase}), last of {sel.num_rows}", "value": last})
-    meta = m.get("metadata") or {}
+    meta = m.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}  # a nonconforming manifest: show no metadata
     for k, v in list(meta.items())[:12]:
         if isinstance(v, (str, int, float, bool)):
             rows.append({"field": f"metadata.{k}", "value": v})
@@ -302,6 +307,6 @@ def write_report(trace: Any, path: str | Path, **options: Any) -> ReportInfo:
     info = build_report(trace, **options)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(info.html, encoding="utf-8")
+    write_atomic(path, info.html)
     info.path = path
     return info

@@ -70,3 +70,24 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def number_at_least(low: float, *, integer: bool = False, open_low: bool = False) -> Any:
+    """An argparse ``type`` reading a finite number ``>= low`` (``> low`` if ``open_low``).
+
+    A tolerance, a limit or a depth out of range is bad usage (exit 2), never silently used.
+    """
+
+    def parse(text: str) -> float | int:
+        import argparse
+
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if integer else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value) or (value <= low if open_low else value < low):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {'>' if open_low else '>='} {low:g}")
+        return value
+
+    parse.__name__ = "integer" if integer else "number"
+    return parse

@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--figure-format", default="png", metavar="FMT[,FMT]", help="figure formats written with --out: png, svg, pdf (default: png)"
     )
+    p.add_argument("--overwrite", action="store_true", help="with --out: replace findings and figures a previous run wrote there")
     p.add_argument("--write", action="store_true", help="also store the findings (findings/<analyzer>.parquet) and the dynamics states (dynamics/) inside each trace; without it nothing is written into a trace")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal)")
     p.set_defaults(run=run)
@@ -94,19 +95,26 @@ def _rows(table: Any) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     """Analyze ``args.traces`` and print the findings."""
     from ..analyzers import run as run_analyzers
+    from ._paths import check_output_dir
 
     if args.format == "arrow" and not args.out and sys.stdout.isatty():
         raise UsageError("--format arrow writes a binary Arrow stream: redirect stdout to a file or a pipe, or use --out DIR")
     formats = [f.strip() for f in args.figure_format.split(",") if f.strip()]
+    # Refuse an unusable output before the (long) analysis, not after it.
+    out_dir = (
+        check_output_dir(args.out, overwrite=args.overwrite, contents=("findings.arrow", "findings.json", "figures", "dynamics-states.arrow"))
+        if args.out
+        else None
+    )
     settings = _settings(args.settings)
     # Analysis reads a trace and never writes into it unless asked (--write); the dynamics
     # states go where the user asked for output: into the traces with --write, else --out.
     if "dynamics.write_states" not in settings:
         if args.write:
             settings["dynamics.write_states"] = "trace"
-        elif args.out:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            settings["dynamics.write_states"] = str(Path(args.out) / "dynamics-states.arrow")
+        elif out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            settings["dynamics.write_states"] = str(out_dir / "dynamics-states.arrow")
     bar, callback = _progress(not args.no_progress)
     try:
         report = run_analyzers(_selected(args.traces, args.runs), names=args.only, params=settings, progress=callback)
@@ -115,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     table = report.findings
     written: list[Path] = []
-    if args.out:
-        written += _write_out(report, Path(args.out), formats)
+    if out_dir is not None:
+        written += _write_out(report, out_dir, formats)
     if args.write:
         written += _write_into_traces(report)
     if args.format == "arrow":
@@ -162,19 +170,22 @@ def _emit_arrow(table: Any) -> None:
 
 
 def _write_out(report: Any, out_dir: Path, formats: list[str]) -> list[Path]:
+    import io
+
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
+    from ..safe_io import write_atomic
     from ._output import emit_json as _json
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     table = report.findings
-    arrow_path = out_dir / "findings.arrow"
-    with pa.OSFile(str(arrow_path), "wb") as f, ipc.new_file(f, table.schema) as w:
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, table.schema) as w:
         w.write_table(table)
-    json_path = out_dir / "findings.json"
-    with json_path.open("w") as fh:
-        _json(report.to_dict(), fh)
+    arrow_path = write_atomic(out_dir / "findings.arrow", sink.getvalue().to_pybytes())
+    text = io.StringIO()
+    _json(report.to_dict(), text)
+    json_path = write_atomic(out_dir / "findings.json", text.getvalue())
     return [arrow_path, json_path, *report.save_figures(out_dir / "figures", formats=formats)]
 
 

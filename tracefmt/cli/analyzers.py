@@ -46,7 +46,8 @@ def describe() -> list[dict[str, Any]]:
                 "scalars": list(n.scalars),
             },
             params=[
-                {"name": p.name, "default": list(p.default) if isinstance(p.default, tuple) else p.default, "help": p.help}
+                {"name": p.name, "default": list(p.default) if isinstance(p.default, tuple) else p.default, "help": p.help,
+                 "range": p.range_text().removeprefix("allowed: ") if getattr(p, "low", None) is not None or getattr(p, "high", None) is not None else None}
                 for p in cls.params
             ],
         )
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         )
         for p in row["params"]:
             default = ",".join(map(str, p["default"])) if isinstance(p["default"], list) else fmt_value(p["default"])
-            out.write(f"    {row['name']}.{p['name']} = {default}    {p['help']}\n")
+            bounds = f" [{p['range']}]" if p.get("range") else ""
+            out.write(f"    {row['name']}.{p['name']} = {default}{bounds}    {p['help']}\n")
         out.write("\n")
     return EXIT_OK

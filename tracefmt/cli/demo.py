@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the demo."""
     from ..demo import run_demo
+    from ._paths import check_output_dir
 
+    # The demo replaces its own previous outputs in DIR; a file there is refused.
+    check_output_dir(args.out, overwrite=True, contents=())
     run_demo(args.out, quick=args.quick, progress=not args.no_progress, wide=args.wide)
     return 0

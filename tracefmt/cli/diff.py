@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from . import EXIT_FOUND, EXIT_OK
-from ._output import add_format_option, emit_json, print_table
+from ._output import add_format_option, emit_json, number_at_least, print_table
 
 _COLUMNS = ("pos", "key", "call", "a_node", "b_node", "dtype", "error", "metric", "input_error", "status", "match")
 
@@ -28,13 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("a", metavar="A", help="trace under test")
     p.add_argument("b", metavar="B", help="reference trace")
-    p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default per dtype: fp32 1e-5, fp16 1e-3, bf16 1e-2)")
-    p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default per dtype: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
+    p.add_argument("--atol", type=number_at_least(0), default=None, help="absolute tolerance (default per dtype: fp32 1e-5, fp16 1e-3, bf16 1e-2)")
+    p.add_argument("--rtol", type=number_at_least(0), default=None, help="relative tolerance (default per dtype: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
     p.add_argument("--by", choices=["scope", "name"], default="scope", help="primary join key (default: scope)")
-    p.add_argument("--growth", type=float, default=None, help="error amplification that marks a node as an origin (default: 10)")
+    p.add_argument("--growth", type=number_at_least(1), default=None, help="error amplification that marks a node as an origin (default: 10)")
     p.add_argument("--phase-a", default=None, help="phase of A to compare (default: eval, else infer, else train)")
     p.add_argument("--phase-b", default=None, help="phase of B to compare (same default); naming both allows train vs eval")
-    p.add_argument("--limit", type=int, default=40, help="rows of the comparison table to print (default: 40; 0 = all)")
+    p.add_argument("--limit", type=number_at_least(0, integer=True), default=40, help="rows of the comparison table to print (default: 40; 0 = all)")
     add_format_option(p)
     p.set_defaults(run=run)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import EXIT_OK
-from ._output import add_format_option, emit_json, print_table
+from ._output import add_format_option, emit_json, number_at_least, print_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,14 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="value of a model input (.npy, .npz or ONNX .pb); repeat a name for several batches (steps)")  # fmt: skip
     p.add_argument("--random", action="store_true", help="random values for inputs not given with --input")
     p.add_argument("--seed", type=int, default=0, help="seed of --random (default: 0)")
-    p.add_argument("--dim", type=int, default=1, help="size of symbolic dimensions with --random (default: 1)")
+    p.add_argument("--dim", type=number_at_least(1, integer=True), default=1, help="size of symbolic dimensions with --random (default: 1)")
     p.add_argument("--raw", action="store_true", help="also store raw tensor values (for exact diffs of small models)")
     p.add_argument("--no-histogram", action="store_true", help="record no histograms")
     p.add_argument("--median", action="store_true", help="also record the median of every tensor")
     p.add_argument("--provider", action="append", default=None, metavar="NAME", help="execution provider (default: CPUExecutionProvider)")
     p.add_argument("--optimization", default="disabled", choices=["disabled", "basic", "extended", "all"],
                    help="ONNX Runtime graph optimisation level (default: disabled, so every ONNX node is observed)")  # fmt: skip
-    p.add_argument("--chunk-outputs", type=int, default=None, metavar="N",
+    p.add_argument("--chunk-outputs", type=number_at_least(0, integer=True), default=None, metavar="N",
                    help="captured outputs per session chunk, bounding memory (default: 64; 0 = one session)")  # fmt: skip
     p.add_argument("--exclude-op", action="append", default=[], metavar="OP", help="operator type whose outputs are not recorded")
     p.add_argument("--phase", default="infer", choices=["infer", "eval"], help="phase of the records (default: infer)")
@@ -83,17 +84,21 @@ def run(args: argparse.Namespace) -> int:
     from .. import open as open_trace
     from ..adapters.onnxruntime import DEFAULT_CHUNK_OUTPUTS, load_graph, trace_onnx
     from ..histogram import DEFAULT_BINNING
+    from ._paths import new_trace_dir
 
     info = load_graph(args.model)
     feeds = _feeds(args, info)
     chunk = DEFAULT_CHUNK_OUTPUTS if args.chunk_outputs is None else (args.chunk_outputs or None)
-    path = trace_onnx(
-        info.path, feeds, args.out,
-        raw=args.raw, histogram=None if args.no_histogram else DEFAULT_BINNING, median=args.median,
-        providers=tuple(args.provider or ("CPUExecutionProvider",)), optimization=args.optimization,
-        chunk_outputs=chunk, exclude_ops=tuple(args.exclude_op), phase=args.phase,
-        mode="overwrite" if args.overwrite else "create",
-    )  # fmt: skip
+    # Written into a fresh temporary directory and renamed: a failed run leaves no partial
+    # trace, and an existing directory is replaced only with --overwrite and only if it is a trace.
+    with new_trace_dir(args.out, overwrite=args.overwrite) as tmp:
+        trace_onnx(
+            info.path, feeds, tmp,
+            raw=args.raw, histogram=None if args.no_histogram else DEFAULT_BINNING, median=args.median,
+            providers=tuple(args.provider or ("CPUExecutionProvider",)), optimization=args.optimization,
+            chunk_outputs=chunk, exclude_ops=tuple(args.exclude_op), phase=args.phase, mode="create",
+        )  # fmt: skip
+    path = Path(args.out)
     trace = open_trace(path)
     summary = {
         "trace": str(path),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._output import fmt_value
+from ._output import fmt_value, number_at_least
+from ._paths import check_output_file
 
 _RUN_ANALYZERS = "__run__"
 
@@ -34,10 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--phase", choices=[ph.value for ph in Phase], default=None, help="phase (default: train if present)")
     when = p.add_mutually_exclusive_group()
-    when.add_argument("--step", type=int, default=None, help="step to show")
+    when.add_argument("--step", type=number_at_least(0, integer=True), default=None, help="step to show")
     when.add_argument("--last", action="store_true", help="show the last step with records (the default)")
     p.add_argument("--format", choices=["svg", "png", "pdf", "dot"], default=None, help="output format (default: from the file suffix)")
-    p.add_argument("--depth", type=int, default=None, metavar="N", help="collapse modules nested deeper than N levels into single nodes")
+    p.add_argument("--depth", type=number_at_least(0, integer=True), default=None, metavar="N", help="collapse modules nested deeper than N levels into single nodes")
     p.add_argument(
         "--findings", nargs="?", const=_RUN_ANALYZERS, default=None, metavar="FILE",
         help="mark findings: without FILE run the analyzers now; with FILE read a findings Arrow file "
@@ -45,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--no-findings", action="store_true", help="mark no findings")
     p.add_argument("--compare", metavar="TRACE2", default=None, help="diff against TRACE2 and colour nodes by the diff error")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     p.add_argument("--layout", choices=["auto", "full", "fast"], default="auto", help="auto: cheaper layout for large graphs (default)")
     p.set_defaults(run=run)
 
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from tracefmt.analyzers.render import describe, render_graph, save
     from tracefmt.analyzers.render.graph import read_findings_file
 
+    check_output_file(args.output, overwrite=args.overwrite)
     trace = tracefmt.open(args.trace)
     findings = None
     if args.no_findings:

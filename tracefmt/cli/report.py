@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._output import number_at_least
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``report`` command."""
@@ -22,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the HTML file to write")
     p.add_argument("--compare", metavar="TRACE2", default=None, help="also diff against TRACE2 and show the divergence")
     p.add_argument("--only", default=None, metavar="A,B", help="run only these analyzers (comma-separated)")
-    p.add_argument("--depth", type=int, default=None, metavar="N", help="collapse graph modules deeper than N (default: automatic)")
+    p.add_argument("--depth", type=number_at_least(0, integer=True), default=None, metavar="N", help="collapse graph modules deeper than N (default: automatic)")
     p.add_argument("--title", default=None, help="page title")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     p.set_defaults(run=run)
 
 
@@ -32,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from tracefmt.analyzers.render import write_report
     from tracefmt.lake import is_lake, select_run
 
-    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    from ._paths import check_output_file
+
+    check_output_file(args.output, overwrite=args.overwrite)
+    only = args.only  # a comma-separated selection; an empty one is refused by the pipeline
     trace = str(select_run(args.trace, args.run_id)) if is_lake(args.trace) else args.trace
     info = write_report(trace, args.output, compare=args.compare, analyzers=only, depth=args.depth, title=args.title)
     sev = info.findings.column("severity").to_pylist()

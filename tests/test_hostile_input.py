@@ -1,0 +1,235 @@
+"""Hostile and damaged traces: nothing outside the trace is touched, outputs are never
+silently replaced, memory does not follow declared numbers, and the CLI's exit codes
+separate a verdict (0/1) from bad input (2) and an internal error (3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_tiny_trace
+
+import tracefmt
+from tracefmt.cli import EXIT_INTERNAL, EXIT_USAGE, main
+from tracefmt.compaction import compact_trace
+from tracefmt.errors import TraceFormatError
+from tracefmt.stats import tensor_stats
+
+CONFORMANCE = Path(__file__).resolve().parent.parent / "spec" / "conformance" / "cases"
+
+
+def _rank_dir(trace: Path) -> Path:
+    """The one rank directory of the records of a single-rank trace (its name follows the format version)."""
+    return next(p for p in (trace / "records").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _victim(tmp_path: Path) -> Path:
+    v = tmp_path / "victim.txt"
+    v.write_text("keep me\n")
+    return v
+
+
+def test_journal_naming_files_outside_the_trace_is_refused(tmp_path):
+    trace = write_tiny_trace(tmp_path / "t")
+    victim = _victim(tmp_path)
+    rank = _rank_dir(trace)
+    output = sorted(p.name for p in rank.iterdir())[0]
+    for replaces in ([os.path.relpath(victim, rank)], [str(victim)], [".."]):
+        (rank / ".compact.json").write_text(json.dumps({"output": output, "replaces": replaces}))
+        with pytest.raises(TraceFormatError, match="not a plain file name"):
+            compact_trace(trace)
+        with pytest.raises(TraceFormatError, match="not a plain file name"):
+            tracefmt.open(trace).read("records")
+        assert victim.read_text() == "keep me\n"
+    report = tracefmt.validate(trace)
+    assert not report.valid and "not a plain file name" in str(report)
+
+
+def test_links_planted_at_temporary_names_are_never_written_through(tmp_path, capsys):
+    trace = write_tiny_trace(tmp_path / "t")
+    victim = _victim(tmp_path)
+    rank = _rank_dir(trace)
+    for name in (".compact.json.tmp", ".part-00001.parquet.tmp", ".part-00000.parquet.tmp"):
+        (rank / name).symlink_to(victim)
+    (trace / "findings").mkdir()
+    for name in (".dead.arrow.tmp", ".findings.arrow.tmp", ".loss.arrow.tmp"):
+        (trace / "findings" / name).symlink_to(victim)
+    assert main(["analyze", str(trace), "--write", "--only", "dead,loss"]) in (0, 1)
+    assert main(["compact", str(trace)]) == 0
+    assert victim.read_text() == "keep me\n"
+    assert tracefmt.open(trace).read("records").num_rows == 16
+    assert [p.suffix for p in rank.iterdir() if not p.name.startswith(".")] == [".parquet"]
+
+
+def test_symlinked_directory_and_files_inside_a_trace_are_refused(tmp_path, capsys):
+    trace = write_tiny_trace(tmp_path / "t")
+    outside = tmp_path / "outside"
+    rank = _rank_dir(trace)
+    shutil.move(rank, outside)
+    rank.symlink_to(outside, target_is_directory=True)
+    before = sorted(p.name for p in outside.iterdir())
+    assert main(["info", str(trace)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "symbolic link" in err
+    assert main(["compact", str(trace), "--force"]) == EXIT_USAGE
+    assert sorted(p.name for p in outside.iterdir()) == before
+    report = tracefmt.validate(trace)
+    assert not report.valid and any("symbolic link" in p.message for p in report.errors)
+    # A linked manifest is refused too (it could point at /dev/zero).
+    m = trace / "manifest.json"
+    m.rename(tmp_path / "manifest.json")
+    m.symlink_to("/dev/zero")
+    assert main(["validate", str(trace)]) == EXIT_USAGE
+
+
+def test_fifos_in_a_trace_do_not_hang_readers(tmp_path, capsys):
+    trace = write_tiny_trace(tmp_path / "t")
+    (trace / "findings").mkdir()
+    os.mkfifo(trace / "findings" / "dead.parquet")
+    os.mkfifo(_rank_dir(trace) / "part-00099.arrows")
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(report=tracefmt.validate(trace)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "validate blocked on a FIFO"
+    errors = [p for p in result["report"].errors if "FIFO" in p.message]
+    assert len(errors) == 2
+    assert main(["info", str(trace)]) == EXIT_USAGE
+    assert "FIFO" in capsys.readouterr().err
+
+
+def test_output_paths_are_never_replaced_silently(tmp_path, capsys):
+    trace = write_tiny_trace(tmp_path / "t")
+    existing = tmp_path / "graph.svg"
+    existing.write_text("mine")
+    assert main(["render", str(trace), "-o", str(existing)]) == EXIT_USAGE
+    assert existing.read_text() == "mine" and "--overwrite" in capsys.readouterr().err
+    assert main(["render", str(trace), "-o", str(existing), "--overwrite", "--no-findings"]) == 0
+    assert existing.read_text().lstrip().startswith("<?xml")
+    a_dir = tmp_path / "adir"
+    a_dir.mkdir()
+    assert main(["report", str(trace), "-o", str(a_dir)]) == EXIT_USAGE
+    assert main(["analyze", str(trace), "--out", str(existing)]) == EXIT_USAGE
+    assert main(["analyze", str(trace), "--out", str(a_dir), "--only", "dead"]) in (0, 1)
+    assert main(["analyze", str(trace), "--out", str(a_dir), "--only", "dead"]) == EXIT_USAGE
+    assert main(["analyze", str(trace), "--out", str(a_dir), "--only", "dead", "--overwrite"]) in (0, 1)
+    assert main(["demo", "--out", str(existing)]) == EXIT_USAGE
+    # compact with an unknown codec: a one-line error and no temporary file left behind.
+    assert main(["compact", str(trace), "--compression", "bogus"]) == EXIT_USAGE
+    assert not [p for p in trace.rglob("*.tmp")]
+    assert tracefmt.validate(trace).valid
+
+
+def test_onnx_overwrite_replaces_only_a_trace(tmp_path, capsys):
+    from onnx import TensorProto, helper, save_model
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])  # fmt: skip
+    model = tmp_path / "m.onnx"
+    save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    not_a_trace = tmp_path / "data"
+    not_a_trace.mkdir()
+    (not_a_trace / "manifest.json").write_text("{}")
+    (not_a_trace / "precious.txt").write_text("x")
+    assert main(["onnx", str(model), "--random", "-o", str(not_a_trace), "--overwrite"]) == EXIT_USAGE
+    assert "not a tracefmt trace" in capsys.readouterr().err
+    assert (not_a_trace / "precious.txt").exists()
+    out = tmp_path / "t"
+    assert main(["onnx", str(model), "--random", "-o", str(out)]) == 0
+    assert main(["onnx", str(model), "--random", "-o", str(out)]) == EXIT_USAGE
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["onnx", str(model), "--random", "-o", str(out), "--overwrite"]) == 0
+    assert tracefmt.validate(out).valid
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("case", ["invalid_missing_column", "invalid_null_in_required"])
+def test_invalid_conformance_cases_never_crash_a_command(case, tmp_path, capsys):
+    trace = tmp_path / case
+    shutil.copytree(CONFORMANCE / case, trace)
+    for argv in (["info", str(trace)], ["analyze", str(trace)], ["render", str(trace), "-o", str(tmp_path / "g.svg")],
+                 ["report", str(trace), "-o", str(tmp_path / "r.html")], ["compact", str(trace), "--force"]):  # fmt: skip
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code in (0, 1, EXIT_USAGE), (argv, code, err)
+        assert "Traceback" not in err and err.count("\n") <= 1, err
+
+
+def test_internal_error_is_exit_3_with_one_line_and_debug_traceback(tmp_path, capsys, monkeypatch):
+    import tracefmt.cli.info as info_cmd
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(info_cmd, "run", broken)
+    trace = write_tiny_trace(tmp_path / "t")
+    assert main(["info", str(trace)]) == EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error" in err and str(trace) in err and "--debug" in err
+    assert main(["info", str(trace), "--debug"]) == EXIT_INTERNAL
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_memory_does_not_follow_declared_node_ids_or_class_labels(tmp_path):
+    big = 2**31 - 1
+    with tracefmt.TraceWriter(tmp_path / "t", model="m") as w:
+        w.write_nodes([
+            dict(node_id=0, name="", scope="", op_type="Net", parent=None, container=True, inputs=[], outputs=[], param_count=0, order=0),
+            dict(node_id=big, name="relu", scope="relu", op_type="ReLU", parent=0, container=False, inputs=["x"], outputs=["y"], param_count=0, order=1),
+        ])  # fmt: skip
+        for step in range(3):
+            w.write_records(
+                [dict(step=step, phase="train", node_id=big, kind="activation", slot="0", call=0, seq=0, **tensor_stats(np.zeros((4, 8))))]
+            )
+        w.append("predictions", [dict(step=0, phase="eval", y_true=t, y_pred=p) for t, p in [(15000, 15000), (2**40, 3), (3, 3)] * 5])
+    from tracefmt.analyzers import run
+
+    report = run(tmp_path / "t", names=["dead", "confusion"])
+    dead = [f for f in report.findings_list if f.analyzer == "dead" and f.severity.value != "info"]
+    assert dead and dead[0].node == "relu"
+    assert report.results["confusion"].data["classes"] == [3, 15000, 2**40]
+
+
+def test_parameter_ranges_are_declared_and_checked(tmp_path, capsys):
+    from tracefmt.analyzers import registry
+    from tracefmt.analyzers import run as run_analyzers
+    from tracefmt.errors import UsageError
+
+    # Every default lies in its own declared range.
+    for name in registry.names():
+        cls = registry.get(name)
+        for p in cls.params:
+            assert p.check(p.default, what=f"{name}.{p.name}") == p.default
+    trace = write_tiny_trace(tmp_path / "t")
+    for setting in ("dead.threshold=-3", "dead.window=0", "loss.smooth=-4", "gradients.growth_factor=-1", "dead.near_zero=nan"):
+        assert main(["analyze", str(trace), "--set", setting]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("out of range" in err or "NaN" in err), err
+    with pytest.raises(UsageError, match="empty analyzer selection"):
+        run_analyzers(trace, names="")
+    assert main(["analyze", str(trace), "--only", ""]) == EXIT_USAGE
+    for bad in (["--atol", "-1"], ["--rtol", "nan"], ["--growth", "0"]):
+        with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+            main(["diff", str(trace), str(trace), *bad])
+        assert exit_info.value.code == EXIT_USAGE
+
+
+def test_odd_versions_and_a_damaged_complete_trace(tmp_path, capsys):
+    trace = write_tiny_trace(tmp_path / "t")
+    m = json.loads((trace / "manifest.json").read_text())
+    for version in ("².0", "1.٣", "1.0.0", 1.0):
+        (trace / "manifest.json").write_text(json.dumps({**m, "format_version": version}))
+        assert main(["info", str(trace)]) == EXIT_USAGE
+        assert "format_version" in capsys.readouterr().err
+    (trace / "manifest.json").write_text(json.dumps(m))
+    # A truncated segment in a trace marked complete is damage: compact refuses to drop its tail.
+    seg = next((_rank_dir(trace)).iterdir())
+    os.truncate(seg, seg.stat().st_size - 40)
+    assert main(["compact", str(trace)]) == EXIT_USAGE
+    assert "marked complete" in capsys.readouterr().err and seg.exists()

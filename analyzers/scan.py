@@ -301,13 +301,14 @@ class SparseColumn:
         return np.where(hit, self.values[pos], np.asarray(self.default, dtype=self.values.dtype))[()]
 
 
-def _sparse_node_table(n: pa.Table, ids: np.ndarray, size: int) -> dict[str, Any]:
+def _sparse_node_table(n: pa.Table, ids: np.ndarray, size: int, op_type: list, classes: list) -> dict[str, Any]:
     def col(values: Any, default: Any, dtype: Any) -> SparseColumn:
         return SparseColumn(ids.astype(np.int64), np.asarray(values, dtype=dtype), default, size)
 
     return {
         "name": col(n.column("name").to_pylist(), None, object),
-        "op_type": col(n.column("op_type").to_pylist(), "", object),
+        "op_type": col(op_type, "", object),
+        "op_class": col(classes, OpClass.OTHER, object),
         "order": col(n.column("order").fill_null(-1).to_numpy(), -1, np.int64),
         "param_count": col(n.column("param_count").fill_null(0).to_numpy(), 0, np.int64),
         "container": col(n.column("container").fill_null(False).to_numpy(zero_copy_only=False), False, bool),
@@ -328,10 +329,13 @@ def node_table(trace: Trace) -> dict[str, np.ndarray]:
     n = trace.nodes
     ids = n.column("node_id").to_numpy()
     size = int(ids.max()) + 1 if len(ids) else 0
+    op_type = n.column("op_type").to_pylist()
+    stated = n.column("op_class").to_pylist() if "op_class" in n.schema.names else [None] * len(ids)
+    classes, inferred = node_op_classes(stated, op_type, n.column("container").to_pylist())
     if len(ids) and (int(ids.min()) < 0 or size > 4 * len(ids) + 4096):
         # Ids far larger than the table (a trace may declare node_id 2**31-1): a lookup over
         # the ids present, so memory follows the rows, never the largest id.
-        return _sparse_node_table(n, ids, size)
+        return {**_sparse_node_table(n, ids, size, op_type, classes), "op_class_inferred": inferred}
     out = {
         "name": np.full(size, None, dtype=object),
         "op_type": np.full(size, "", dtype=object),
@@ -342,10 +346,8 @@ def node_table(trace: Trace) -> dict[str, np.ndarray]:
         "known": np.zeros(size, dtype=bool),
     }
     out["name"][ids] = n.column("name").to_pylist()
-    op_type = n.column("op_type").to_pylist()
     out["op_type"][ids] = op_type
-    stated = n.column("op_class").to_pylist() if "op_class" in n.schema.names else [None] * len(ids)
-    classes, out["op_class_inferred"] = node_op_classes(stated, op_type, n.column("container").to_pylist())
+    out["op_class_inferred"] = inferred
     out["op_class"][ids] = np.array(classes, dtype=object)
     out["order"][ids] = n.column("order").fill_null(-1).to_numpy()
     out["param_count"][ids] = n.column("param_count").to_numpy()

@@ -69,8 +69,10 @@ def test_exploding_learning_rate_found_at_the_same_step(findings):
     # The update of step LR_STEP blows the weights up: the loss of the next step spikes.
     assert all(s == [(None, LR_STEP + 1)] for s in spikes.values()), spikes
     assert len({tuple(d) for d in divergence.values()}) == 1 and divergence["torch"], divergence
-    for fw in ("torch", "jax"):
-        exploding = {node for node, step in _found(per_fw[fw], "exploding-gradient") if step == LR_STEP + 1}
-        assert {"fc1", "fc2", "head"} <= exploding, (fw, exploding)
+    # The norm of all gradients together explodes at that step in both frameworks that record
+    # gradients (the layer it is shown at is the one whose gradient grew most, which depends on
+    # which gradients a framework records; the step does not).
+    exploding = {fw: {step for _, step in _found(per_fw[fw], "exploding-gradient")} for fw in ("torch", "jax")}
+    assert all(LR_STEP + 1 in steps for steps in exploding.values()), exploding
     # Healthy steps before the jump: no finding starts earlier.
     assert all(r["step_first"] is None or r["step_first"] > LR_STEP or r["code"] == "no-progress" for rows in per_fw.values() for r in rows)

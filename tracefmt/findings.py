@@ -7,7 +7,7 @@ pipeline turns them into the Arrow table defined once in :mod:`tracefmt.schema`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,13 @@ class Finding:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "severity", coerce(Severity, self.severity, what="severity"))
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Finding:
+        """The finding of one findings-table row; columns the class does not hold (``rank``,
+        ``run_id``, columns of a newer minor version) are ignored.
+        """
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
 
     def as_row(self) -> dict[str, Any]:
         """The finding as a dict keyed by findings-table column names."""

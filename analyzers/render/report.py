@@ -292,7 +292,7 @@ def build_report(
     verdict = f"worst finding: {worst.value}" if worst is not None else "no findings"
     from ..verdict import verdict as root_verdict
 
-    line = root_verdict([Finding(**r) for r in findings.to_pylist()], trace)
+    line = root_verdict([Finding.from_row(r) for r in findings.to_pylist()], trace)
     subtitle = f"{line} · {trace.path} · {findings.num_rows} finding(s), {verdict} · {len(info.figures)} figure(s)"
     info.html = H.page(title or f"tracefmt report: {model}", subtitle, sections)
     return info

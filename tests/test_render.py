@@ -51,7 +51,9 @@ def test_every_node_drawn_with_edges_and_clusters(toy):
 def test_fill_nan_and_findings_markers(toy):
     g = render_graph(toy, metric="dead_fraction")
     scale = g.info.scale
-    assert (scale.vmin, scale.vmax) == (0.0, 1.0)
+    # The dead-fraction colour starts at one half (a healthy rectifier's share of zeros).
+    assert (scale.vmin, scale.vmax) == (0.5, 1.0)
+    assert scale.color(0.5) == scale.color(0.0) != scale.color(0.9)
     # block.relu1 outputs only zeros: dead fraction 1, drawn with the top colour of the scale.
     relu = _attrs(g.source, "n4")
     assert f'fillcolor="{scale.color(1.0)}"' in relu and "dead 1" in relu

@@ -55,7 +55,9 @@ class MetricSpec:
 
 
 METRICS: dict[Metric, MetricSpec] = {
-    Metric.DEAD_FRACTION: MetricSpec("badness", "dead fraction (zeros / numel)", (0.0, 1.0)),
+    # A healthy rectifier outputs zeros for about half its inputs, so the colour starts at
+    # one half: a ReLU at 0.5 is drawn as healthy, one near the dead analyzer's 0.9 as bad.
+    Metric.DEAD_FRACTION: MetricSpec("badness", "dead fraction (zeros / numel; up to 0.5 is normal for a rectifier)", (0.5, 1.0)),
     Metric.NONFINITE: MetricSpec("badness", "NaN+Inf fraction", (0.0, 1.0)),
     Metric.STD: MetricSpec("magnitude", "std"),
     Metric.MEAN: MetricSpec("signed", "mean"),

@@ -269,6 +269,13 @@ def open_segment(seg: Segment, *, load: bool = False) -> Segment:
         safe_io.check_regular_file(seg.path)
         _open(seg, load=load)
         _validate(seg)
+    except FileNotFoundError:
+        if not seg.open:
+            seg.schema, seg.batches, seg.complete, seg.recoverable, seg.problem = None, [], False, False, "cannot open (no such file)"
+            return seg
+        # A live writer published (renamed) its open segment after it was listed: the
+        # closed file holds these rows, so this one is simply gone, never damaged.
+        seg.schema, seg.batches, seg.complete, seg.problem = None, [], False, "open segment published while reading"
     except (TraceFormatError, OSError) as exc:
         seg.schema, seg.batches, seg.complete, seg.recoverable = None, [], False, False
         seg.problem = str(exc).removeprefix(f"{seg.path}: ")

@@ -136,7 +136,9 @@ class Trace:
     def segments(self, table: str) -> list[Segment]:
         """The opened segments of a partitioned table (cached)."""
         if table not in self._segments:
-            self._segments[table] = [open_segment(s) for s in list_segments(self.path, table)]
+            # An open segment is read at once: a live writer may publish (rename) it at any
+            # moment, so a lazy scan of its path later could find nothing there.
+            self._segments[table] = [open_segment(s, load=s.open) for s in list_segments(self.path, table)]
         return self._segments[table]
 
     def dataset(self, table: str = "records", *, ranks: Iterable[int] | None = None) -> ds.Dataset:
@@ -157,9 +159,9 @@ class Trace:
         for s in segs:
             schema = _extended(schema, s.schema)
         children: list[ds.Dataset] = []
-        files = [str(s.path) for s in segs if s.format == "file" and s.complete]
+        files = [str(s.path) for s in segs if s.format == "file" and s.complete and not s.open]
         parquet = [str(s.path) for s in segs if s.format == "parquet"]
-        loaded = [s for s in segs if not (s.format == "parquet" or (s.format == "file" and s.complete))]
+        loaded = [s for s in segs if not (s.format == "parquet" or (s.format == "file" and s.complete and not s.open))]
         for s in segs:
             if s.format != "parquet" and s.schema is not None:
                 _check_types(s, tdef)
@@ -298,7 +300,7 @@ class Trace:
         rank_set = set(ranks) if ranks is not None else None
         if expr is None:
             segs = [s for s in self.segments(table) if rank_set is None or s.rank in rank_set]
-            if segs and all(s.format == "file" and s.complete and s.schema is not None for s in segs):
+            if segs and all(s.format == "file" and s.complete and not s.open and s.schema is not None for s in segs):
                 schema = self.dataset(table, ranks=rank_set).schema
                 out_schema = pa.schema([schema.field(c) for c in (columns or schema.names)])
                 yield from _read_ipc_segments(segs, out_schema, batch_size)

@@ -92,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
         # An input or output path the operating system refused: the user's to fix.
+        if debug:
+            traceback.print_exc()
         sys.stderr.write(f"tracefmt {args.command}: error: {_one_line(exc)}\n")
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - the boundary: any other exception is a bug

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from conftest import write_tiny_trace
 
@@ -233,3 +234,32 @@ def test_odd_versions_and_a_damaged_complete_trace(tmp_path, capsys):
     os.truncate(seg, seg.stat().st_size - 40)
     assert main(["compact", str(trace)]) == EXIT_USAGE
     assert "marked complete" in capsys.readouterr().err and seg.exists()
+
+
+def test_validate_reports_null_keys_and_null_node_ids_without_crashing(tmp_path):
+    """Nulls in key columns (found by the fuzzer): a verdict naming them, never an exception."""
+    import pyarrow.ipc as ipc
+
+    src = Path(__file__).resolve().parent.parent / "spec" / "conformance" / "cases" / "valid_minimal" / "trace"
+    trace = tmp_path / "t"
+    shutil.copytree(src, trace)
+
+    def rewrite(path, fn):
+        with ipc.open_file(str(path)) as r:
+            table = r.read_all()
+        table = fn(table)
+        with ipc.new_file(str(path), table.schema) as w:
+            w.write_table(table)
+
+    def null_first(table, name, rows):
+        col = table.column(name).to_pylist()
+        for i in rows:
+            col[i] = None
+        return table.set_column(table.schema.get_field_index(name), table.schema.field(name), pa.array(col, table.schema.field(name).type))
+
+    rewrite(trace / "nodes.arrow", lambda t: null_first(t, "node_id", [0, 1]))
+    seg = next((trace / "records").rglob("*.arrow"))
+    rewrite(seg, lambda t: null_first(t, "step", [0, 1, 2]))
+    report = tracefmt.validate(trace)
+    assert not report.valid
+    assert "null-value" in {p.code for p in report.problems}

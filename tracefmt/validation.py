@@ -345,10 +345,13 @@ def _check_nodes(root: Path, out: _Collector, report: ValidationReport, *, requi
     _check_whole_table(NODES, table, out, path)
     if not ("node_id" in table.schema.names and table.schema.field("node_id").type == NODES.column("node_id").type):
         return None
-    ids = table.column("node_id").to_numpy(zero_copy_only=False)
+    # Nulls in node_id are reported by the batch checks; duplicates are judged on the rest.
+    id_col = table.column("node_id")
+    rows_of = np.flatnonzero(np.asarray(id_col.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
+    ids = id_col.drop_null().to_numpy(zero_copy_only=False).astype(np.int64)
     uniq, counts = np.unique(ids, return_counts=True)
     for nid, cnt in zip(uniq[counts > 1], counts[counts > 1]):
-        dup_rows = np.flatnonzero(ids == nid)
+        dup_rows = rows_of[ids == nid]
         out.add(Severity.ERROR, "duplicate-node-id", f"node_id {int(nid)} appears {int(cnt)} times (rows {', '.join(map(str, dup_rows[:5]))})",
                 table="nodes", column="node_id", row=int(dup_rows[1]), file=path, rows=int(cnt))  # fmt: skip
     id_set = set(int(i) for i in uniq)
@@ -455,9 +458,12 @@ def _check_duplicate_keys(keys: pa.Table, key_cols: list[str], out: _Collector, 
         # Decode the first repeated key by finding one of its rows.
         match = None
         for name in key_cols:
-            eq = pc.equal(encoded.column(name), dup.column(name)[0])
+            value = dup.column(name)[0]
+            # Null keys group together: match them with is_null (null == null is null, not true).
+            eq = pc.is_null(encoded.column(name)) if not value.is_valid else pc.fill_null(pc.equal(encoded.column(name), value), False)
             match = eq if match is None else pc.and_(match, eq)
-        first = keys.filter(match).slice(0, 1).to_pylist()[0]
+        example = keys.filter(match).slice(0, 1).to_pylist()
+        first = example[0] if example else "?"
         extra = int(pc.sum(dup.column("count_all")).as_py()) - dup.num_rows
         out.add(Severity.ERROR, "duplicate-key", f"{extra} rows repeat the key of another row, e.g. {first}",
                 table=table, column=",".join(key_cols), file=path, rows=extra)  # fmt: skip

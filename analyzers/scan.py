@@ -174,11 +174,29 @@ def scan_records(
     Progress (rows per batch) goes to the callback installed with :func:`progress_to`.
     """
     callback = _PROGRESS.get()
+    # Records naming a node outside the nodes table's id range (a damaged or hostile trace;
+    # validate reports them as dangling) are dropped here, once for every consumer, so no
+    # analyzer indexes its per-node arrays with them.
+    id_range = _node_id_range(trace) if "node_id" in columns else None
     for batch in trace.scan("records", columns=columns, where=where, batch_size=batch_size, **filters):
+        if id_range is not None and batch.num_rows:
+            ids = batch.column("node_id")
+            lo, hi = pc.min_max(ids).values()
+            if ids.null_count or lo.as_py() < id_range[0] or hi.as_py() > id_range[1]:
+                keep = pc.and_(pc.greater_equal(ids, id_range[0]), pc.less_equal(ids, id_range[1]))
+                batch = batch.filter(pc.fill_null(keep, False))
         if batch.num_rows:
             if callback is not None:
                 callback(batch.num_rows)
             yield batch
+
+
+def _node_id_range(trace: Trace) -> tuple[int, int]:
+    """Smallest and largest node_id of the nodes table ((0, -1) when it has none)."""
+    if not trace.has("nodes") or not trace.nodes.num_rows:
+        return (0, -1)
+    lo, hi = pc.min_max(trace.nodes.column("node_id")).values()
+    return (0 if lo.as_py() is None else max(0, lo.as_py()), -1 if hi.as_py() is None else hi.as_py())
 
 
 class RecordView:

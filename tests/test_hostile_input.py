@@ -263,3 +263,24 @@ def test_validate_reports_null_keys_and_null_node_ids_without_crashing(tmp_path)
     report = tracefmt.validate(trace)
     assert not report.valid
     assert "null-value" in {p.code for p in report.problems}
+
+
+def test_analyze_ignores_records_naming_nodes_outside_the_table(tmp_path):
+    """A record with node_id -2**31 or past the last node (found by the fuzzer): a verdict, never an IndexError."""
+    import pyarrow.ipc as ipc
+
+    from tracefmt.cli import main
+
+    src = Path(__file__).resolve().parent.parent / "spec" / "conformance" / "cases" / "valid_minimal" / "trace"
+    trace = tmp_path / "t"
+    shutil.copytree(src, trace)
+    seg = next((trace / "records").rglob("*.arrow"))
+    with ipc.open_file(str(seg)) as r:
+        table = r.read_all()
+    ids = table.column("node_id").to_pylist()
+    ids[0], ids[1] = -(2**31), 2**31 - 1
+    table = table.set_column(table.schema.get_field_index("node_id"), table.schema.field("node_id"), pa.array(ids, pa.int32()))
+    with ipc.new_file(str(seg), table.schema) as w:
+        w.write_table(table)
+    assert main(["analyze", str(trace)]) in (0, 1)
+    assert not tracefmt.validate(trace).valid

@@ -45,7 +45,7 @@ import numpy as np
 from .enums import HistScheme, coerce
 from .errors import UsageError
 
-__all__ = ["Binning", "DEFAULT_BINNING", "FASTAI_BINNING", "edges", "histogram", "merge"]
+__all__ = ["Binning", "DEFAULT_BINNING", "FASTAI_BINNING", "edges", "histogram", "merge", "round_up_edges"]
 
 
 @dataclass(frozen=True)
@@ -201,3 +201,17 @@ def merge(counts: list[np.ndarray] | np.ndarray) -> np.ndarray:
     """Merge histograms of the same binning (the sum of their counts)."""
     arr = np.asarray(counts, dtype=np.int64)
     return arr.sum(axis=0) if arr.ndim == 2 else arr
+
+
+def round_up_edges(edges: np.ndarray, dtype: Any) -> np.ndarray:
+    """The smallest value of ``dtype`` not below each float64 edge.
+
+    A value ``x`` of ``dtype`` satisfies ``x >= e`` for a float64 edge ``e`` exactly when
+    ``x >= round_up_edges(e)``, so device kernels that compare in float32 bin as this
+    module does in float64 (used by the torch and JAX adapters).
+    """
+    dt = np.dtype(dtype).type
+    r = edges.astype(dt)
+    low = r.astype(np.float64) < edges
+    r[low] = np.nextafter(r[low], dt(np.inf))
+    return r

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tracefmt.enums import HistScheme
-from tracefmt.histogram import Binning
+from tracefmt.histogram import Binning, round_up_edges
 
 __all__ = ["StatRows", "MOMENTS"]
 
@@ -33,12 +33,7 @@ _COUNTS = ("nan_count", "inf_count", "zero_count", "pos_count")
 def _edges(binning: Binning, dtype: str) -> np.ndarray:
     """Symlog magnitude edges in ``dtype``, each rounded up (see the module docstring)."""
     m = binning.magnitude_edges()
-    if dtype == "float64":
-        return m
-    r = m.astype(np.float32)
-    low = r.astype(np.float64) < m
-    r[low] = np.nextafter(r[low], np.float32(np.inf))
-    return r
+    return m if dtype == "float64" else round_up_edges(m, np.float32)
 
 
 def _float(x: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from tracefmt.enums import HistScheme
-from tracefmt.histogram import Binning
+from tracefmt.histogram import Binning, round_up_edges
 
 __all__ = ["ExtendedLayout", "extended_layout", "symlog_boundaries"]
 
@@ -55,14 +55,6 @@ def extended_layout(per_sign: int) -> ExtendedLayout:
     return ExtendedLayout(per_sign)
 
 
-def _round_up(edges: np.ndarray, dtype: type) -> np.ndarray:
-    """Smallest value of ``dtype`` not below each float64 edge."""
-    r = edges.astype(dtype)
-    low = r.astype(np.float64) < edges
-    r[low] = np.nextafter(r[low], dtype(np.inf))
-    return r
-
-
 @lru_cache(maxsize=16)
 def symlog_boundaries(binning: Binning, dtype_name: str) -> np.ndarray:
     """Ascending ``bucketize`` boundaries (``right=False``) of the extended symlog bins.
@@ -77,7 +69,7 @@ def symlog_boundaries(binning: Binning, dtype_name: str) -> np.ndarray:
     if binning.scheme is not HistScheme.SYMLOG:
         raise ValueError("symlog_boundaries() needs a symlog binning")
     dt = np.float32 if dtype_name == "float32" else np.float64
-    m = _round_up(binning.magnitude_edges(), dt)
+    m = round_up_edges(binning.magnitude_edges(), dt)
     inf, fmax, dmin = dt(np.inf), np.finfo(dt).max, np.nextafter(dt(0), dt(1))
     below = np.nextafter(m, dt(-np.inf))  # [a, b) on the positive side is (nextdown a, nextdown b]
     b = np.concatenate([[-inf], -m[::-1], [-dmin, dt(0)], below, [fmax, inf]]).astype(dt)

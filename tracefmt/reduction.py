@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .enums import HistScheme
-from .histogram import Binning, _magnitude_edges, histogram
+from .histogram import Binning, _magnitude_edges, histogram, round_up_edges
 
 __all__ = ["Reduction", "reduce", "ChannelSums", "channel_sums", "native_available", "native_status", "LANES"]
 
@@ -146,8 +146,7 @@ def _float32_table(m: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     An empty table is returned when a key would hold two thresholds.
     """
     inf = np.float32(np.inf)
-    m32 = m.astype(np.float32)
-    up = np.where(m32.astype(np.float64) < m, np.nextafter(m32, inf), m32)  # smallest float32 >= m_j
+    up = round_up_edges(m, np.float32)  # smallest float32 >= m_j
     thresholds = np.concatenate([-up[::-1], np.nextafter(up, -inf)])  # -up = largest float32 <= -m_j
     keys = np.arange(4096, dtype=np.uint32)
     lo_bits, hi_bits = keys << np.uint32(20), (keys << np.uint32(20)) | np.uint32(0xFFFFF)

@@ -143,7 +143,7 @@ def _op_info(trace: Path, work: Path) -> None:
 def _op_analyze(trace: Path, work: Path) -> None:
     from tracefmt.analyzers import run
 
-    run(trace, names=["dead", "gradients", "loss", "confusion", "activations", "nan_origin"])
+    run(trace)  # every registered analyzer, dynamics included
 
 
 def _op_render(trace: Path, work: Path) -> None:

@@ -150,14 +150,19 @@ def json_mutation(rng: random.Random, trace: Path, scratch: Path) -> str:
 
 
 def _read_table(p: Path) -> tuple[pa.Table, str]:
+    """A table of the trace, fully validated: a file an earlier mutation damaged must not crash
+    the harness's own rewriting (pyarrow aborts the process on some invalid arrays)."""
     if p.suffix == ".parquet":
-        return pq.read_table(p), "parquet"
-    # Read into memory, not memory-mapped: the file is rewritten in place afterwards.
-    data = pa.py_buffer(p.read_bytes())
-    try:
-        return ipc.open_file(pa.BufferReader(data)).read_all(), "file"
-    except pa.ArrowInvalid:
-        return ipc.open_stream(pa.BufferReader(data)).read_all(), "stream"
+        t, fmt = pq.read_table(p), "parquet"
+    else:
+        # Read into memory, not memory-mapped: the file is rewritten in place afterwards.
+        data = pa.py_buffer(p.read_bytes())
+        try:
+            t, fmt = ipc.open_file(pa.BufferReader(data)).read_all(), "file"
+        except pa.ArrowInvalid:
+            t, fmt = ipc.open_stream(pa.BufferReader(data)).read_all(), "stream"
+    t.validate(full=True)
+    return t, fmt
 
 
 def _write_table(p: Path, t: pa.Table, fmt: str) -> None:
@@ -224,7 +229,7 @@ def schema_mutation(rng: random.Random, trace: Path, scratch: Path) -> str:
     p = rng.choice(files)
     try:
         t, fmt = _read_table(p)
-    except (pa.ArrowException, OSError):
+    except (pa.ArrowException, OSError, ValueError):
         return "schema:unreadable"
     if t.num_columns == 0:
         return "schema:empty"
@@ -248,7 +253,7 @@ def hostile_strings(rng: random.Random, trace: Path, scratch: Path) -> str:
             continue
         try:
             t, fmt = _read_table(p)
-        except (pa.ArrowException, OSError):
+        except (pa.ArrowException, OSError, ValueError):
             continue
         for i, f in enumerate(t.schema):
             n = t.num_rows

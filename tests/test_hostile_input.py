@@ -284,3 +284,82 @@ def test_analyze_ignores_records_naming_nodes_outside_the_table(tmp_path):
         w.write_table(table)
     assert main(["analyze", str(trace)]) in (0, 1)
     assert not tracefmt.validate(trace).valid
+
+
+def _rewrite_segment(seg: Path, change) -> None:
+    """Rewrite the IPC segment ``seg`` with ``change(table) -> table`` applied."""
+    import pyarrow.ipc as ipc
+
+    with ipc.open_file(str(seg)) as r:
+        table = change(r.read_all())
+    with ipc.new_file(str(seg), table.schema) as w:
+        w.write_table(table)
+
+
+def test_huge_statistics_give_inf_never_overflow_error(tmp_path):
+    """Finite statistics near 1e300 (found by the fuzzer in ``report``): squares become inf, not OverflowError."""
+    from tracefmt.analyzers.render import Metric, render_graph
+
+    trace = tmp_path / "t"
+    shutil.copytree(CONFORMANCE / "valid_minimal" / "trace", trace)
+    seg = next((trace / "records").rglob("*.arrow"))
+
+    def huge(table: pa.Table) -> pa.Table:
+        for name in ("std", "mean", "l2"):
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, table.schema.field(i), pa.array([1e300] * table.num_rows, pa.float64()))
+        return table
+
+    _rewrite_segment(seg, huge)
+    for metric in (Metric.STD, Metric.L2):
+        assert "<svg" in render_graph(trace, metric=metric).pipe(format="svg").decode()
+    assert main(["report", str(trace), "-o", str(tmp_path / "r.html")]) in (0, 1)
+    assert (tmp_path / "r.html").stat().st_size > 0
+
+
+def test_validate_refuses_raw_tensors_with_null_rows_or_elements(tiny_trace):
+    """A null tensor row (found by the fuzzer: 'valid', then unreadable) or null elements (read back as zeros)."""
+    with tracefmt.TraceWriter(tiny_trace, mode="append") as w:
+        for step in range(3):
+            w.write_tensor(np.arange(6, dtype=np.float32).reshape(2, 3) + step, step=step, node_id=1, kind="activation")
+    seg = next((tiny_trace / "tensors").rglob("*.arrow"))
+    with pa.ipc.open_file(str(seg)) as r:
+        original = r.read_all()
+    assert tracefmt.validate(tiny_trace).valid
+    col = original.column("values").combine_chunks()
+    width = col.type.storage_type.list_size
+    flat = col.storage.values.to_numpy(zero_copy_only=False).astype(col.type.value_type.to_pandas_dtype())
+    mask = np.zeros(len(flat), dtype=bool)
+    mask[width - 1] = True  # one null element in the first row
+    variants = {
+        "null-value": pa.ExtensionArray.from_storage(
+            col.type, pa.FixedSizeListArray.from_arrays(pa.array(flat), width, mask=pa.array([True] + [False] * (len(col) - 1)))
+        ),
+        "null-element": pa.ExtensionArray.from_storage(col.type, pa.FixedSizeListArray.from_arrays(pa.array(flat, mask=mask), width)),
+    }
+    for code, values in variants.items():
+        _rewrite_segment(seg, lambda t, v=values: t.set_column(t.schema.get_field_index("values"), t.schema.field("values"), v))
+        problems = [p for p in tracefmt.validate(tiny_trace).errors if p.table == "tensors" and p.column == "values"]
+        assert [p.code for p in problems] == [code]
+        with pytest.raises(TraceFormatError, match="'values'"):
+            list(tracefmt.open(tiny_trace).tensors())
+
+
+def test_parquet_segment_whose_column_names_are_not_utf8(tmp_path, capsys):
+    """A bit flip in a Parquet footer's column name (found by the fuzzer: UnicodeDecodeError in ``report``)."""
+    trace = tmp_path / "t"
+    shutil.copytree(CONFORMANCE / "valid_minimal" / "trace", trace)
+    compact_trace(trace, force=True)
+    seg = next((trace / "records").rglob("*.parquet"))
+    data = bytearray(seg.read_bytes())
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    hits = [i for i in range(footer, len(data)) if data.startswith(b"node_id", i)]
+    assert hits
+    for at in hits:  # the schema element and the column chunk's path
+        data[at] = 0xED  # the lead byte of a three-byte sequence, followed by ASCII: not UTF-8
+    seg.write_bytes(bytes(data))
+    assert main(["validate", str(trace)]) == 1
+    for command in (["report", str(trace), "-o", str(tmp_path / "r.html")], ["info", str(trace)], ["analyze", str(trace)]):
+        assert main(command) in (0, 1, EXIT_USAGE), command
+        err = capsys.readouterr().err
+        assert "internal error" not in err and "Traceback" not in err

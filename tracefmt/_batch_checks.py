@@ -122,6 +122,23 @@ def _list_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return lengths, values, parents
 
 
+def _check_tensor_column(c: _Batch, name: str) -> None:
+    """A raw-tensor column (checked by type in :func:`check_schema`) holds no null row or element."""
+    if name not in c.b.schema.names or not _is_tensor_type(c.b.schema.field(name).type):
+        return
+    arr = c.col(name)
+    if arr.null_count:
+        c.flag(np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool), "null-value", name, f"column '{name}' must not contain nulls")
+    storage = arr.storage
+    if storage.values.null_count:
+        # Null elements would read back as zeros: a tensor is stored whole or not at all.
+        width = storage.type.list_size
+        elems = storage.values.slice(storage.offset * width, c.n * width)
+        elem_null = np.asarray(elems.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        rows = elem_null.reshape(c.n, width).any(axis=1) if width and elem_null.size == c.n * width else np.ones(c.n, dtype=bool)
+        c.flag(rows, "null-element", name, f"column '{name}' holds a tensor with null elements")
+
+
 def check_batch(tdef: TableDef, batch: pa.RecordBatch, *, context: dict[str, Any]) -> list[Issue]:
     """All row-level checks of ``batch`` of table ``tdef``.
 
@@ -132,7 +149,10 @@ def check_batch(tdef: TableDef, batch: pa.RecordBatch, *, context: dict[str, Any
     """
     c = _Batch(tdef, batch)
     for col in tdef.columns:
-        if not c.ok(col.name) or col.type == pa.null():
+        if col.type == pa.null():
+            _check_tensor_column(c, col.name)
+            continue
+        if not c.ok(col.name):
             continue
         if not col.nullable and c.col(col.name).null_count:
             c.flag(~c.valid(col.name), "null-value", col.name, f"column '{col.name}' must not contain nulls")

@@ -95,7 +95,10 @@ def read_whole_file(path: Path) -> pa.Table:
     """
     safe_io.check_regular_file(path)  # never a link, FIFO or device (a trace is data)
     if _head(path, 4) == b"PAR1":
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except UnicodeDecodeError:  # a damaged footer: column names that are not UTF-8
+            raise TraceFormatError(f"{path}: unreadable Parquet (a column name is not UTF-8)") from None
     else:
         with pa.memory_map(str(path)) as source:
             try:
@@ -307,7 +310,7 @@ def _open(seg: Segment, *, load: bool) -> Segment:
             seg.schema = pf.schema_arrow
             if load:
                 seg.batches = pf.read().to_batches()
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: a damaged footer's non-UTF-8 names
             seg.schema, seg.complete, seg.problem, seg.recoverable = None, False, f"unreadable Parquet ({exc})", False
         return seg
     try:

@@ -335,7 +335,10 @@ class Trace:
             if not table.num_rows:
                 continue
             try:
-                values = table.column("values").combine_chunks().to_numpy_ndarray()
+                column = table.column("values").combine_chunks()
+                if column.storage.values.null_count:  # null elements would read back as zeros
+                    raise TypeError("a tensor holds null elements")
+                values = column.to_numpy_ndarray()
             except (KeyError, pa.ArrowException, AttributeError, TypeError) as exc:
                 raise TraceFormatError(f"{seg.path}: table 'tensors' column 'values' is not a non-null fixed-shape tensor column ({exc})") from None
             yield from zip(table.drop_columns(["values"]).to_pylist(), values)

@@ -97,9 +97,10 @@ class TensorBoardMirror:
         hi = row["max"] if row.get("max") is not None else float(limits[-1])
         finite = int(row["numel"]) - int(row["nan_count"]) - int(row["inf_count"])
         mean = row.get("mean")
+        l2 = float(row.get("l2") or 0.0)  # a product, not ``** 2``: inf past 1.3e154, never OverflowError
         histo = self._summary.HistogramProto(
             min=min(lo, float(limits[0])), max=float(hi), num=float(counts.sum()),
-            sum=float(mean * finite) if mean is not None else 0.0, sum_squares=float(row.get("l2") or 0.0) ** 2,
+            sum=float(mean * finite) if mean is not None else 0.0, sum_squares=l2 * l2,
             bucket_limit=limits.tolist(), bucket=counts.tolist(),
         )  # fmt: skip
         return self._summary.Summary.Value(tag=tag, histo=histo)

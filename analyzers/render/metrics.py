@@ -97,6 +97,11 @@ class NodeValues:
     nonfinite: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
+def _square(x: float) -> float:
+    # ``x ** 2`` raises OverflowError on a Python float past 1.3e154; a product gives inf.
+    return x * x
+
+
 def combine(metric: Metric, rows: list[Mapping[str, Any]]) -> float:
     """Combine the records ``rows`` (of one node, or one collapsed group) into one value.
 
@@ -113,7 +118,7 @@ def combine(metric: Metric, rows: list[Mapping[str, Any]]) -> float:
     if metric is Metric.NONFINITE:
         return sum(int(r["nan_count"] or 0) + int(r["inf_count"] or 0) for r in rows) / numel if numel else math.nan
     if metric is Metric.L2:
-        return math.sqrt(sum(float(r["l2"] or 0.0) ** 2 for r in rows))
+        return math.sqrt(sum(_square(float(r["l2"] or 0.0)) for r in rows))
     if metric in (Metric.MIN, Metric.MAX):
         vals = [float(r[metric.value]) for r in rows if r[metric.value] is not None]
         if not vals:
@@ -130,7 +135,7 @@ def combine(metric: Metric, rows: list[Mapping[str, Any]]) -> float:
     if metric is Metric.MEAN:
         return mean
     if metric is Metric.STD:
-        var = sum(w * (float(r["std"] or 0.0) ** 2 + (float(r["mean"]) - mean) ** 2) for w, r in weighted) / n
+        var = sum(w * (_square(float(r["std"] or 0.0)) + _square(float(r["mean"]) - mean)) for w, r in weighted) / n
         return math.sqrt(max(var, 0.0))
     raise UsageError(f"metric {metric.value!r} is not computed from records")
 

@@ -11,10 +11,12 @@ the traceback only with ``--debug``. Every command lives in its own module under
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 
 from .._version import __version__
 from ..errors import TraceError
@@ -81,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return int(args.run(args) or 0)
+        with _numeric_warnings_quiet(not debug):
+            return int(args.run(args) or 0)
     except TraceError as exc:
         sys.stderr.write(f"tracefmt {args.command}: error: {_one_line(exc)}\n")
         return EXIT_USAGE
@@ -105,6 +108,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)\n"
         )
         return EXIT_INTERNAL
+
+
+@contextlib.contextmanager
+def _numeric_warnings_quiet(quiet: bool) -> Iterator[None]:
+    """NaN, Inf and overflow in a trace's values are data the commands count and report, not
+    warnings for the user's terminal (``--debug`` shows them)."""
+    if not quiet:
+        yield
+        return
+    import numpy as np
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def _one_line(exc: BaseException) -> str:

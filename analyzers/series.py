@@ -337,9 +337,9 @@ class BucketHistograms:
     def add(self, series: np.ndarray, steps: np.ndarray, block: HistBlock) -> None:
         """Accumulate ``block``'s histograms (``series``/``steps`` indexed by batch row)."""
         sid = series[block.rows]
-        if not len(sid):
-            return
         n = block.key[3]
+        if not len(sid) or n <= 0:  # a histogram without bins (a nonconforming trace) adds nothing
+            return
         kid = self._key_ids.setdefault(block.key, len(self._key_ids))
         top = int(sid.max()) + 1
         if len(self._series_key) < top:

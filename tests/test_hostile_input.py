@@ -363,3 +363,39 @@ def test_parquet_segment_whose_column_names_are_not_utf8(tmp_path, capsys):
         assert main(command) in (0, 1, EXIT_USAGE), command
         err = capsys.readouterr().err
         assert "internal error" not in err and "Traceback" not in err
+
+
+def test_manifest_fields_of_the_wrong_json_type_are_invalid_and_never_crash(tmp_path, capsys):
+    """``producer`` a string, ``metadata`` a number, ``world_size`` a boolean (the first found by the fuzzer in ``report``)."""
+    trace = tmp_path / "t"
+    shutil.copytree(CONFORMANCE / "valid_minimal" / "trace", trace)
+    manifest = json.loads((trace / "manifest.json").read_text())
+    manifest.update(producer="torch", metadata=3, world_size=True, complete="yes")
+    (trace / "manifest.json").write_text(json.dumps(manifest))
+    codes = {(p.code, p.column) for p in tracefmt.validate(trace).errors}
+    assert {("wrong-type", "producer"), ("wrong-type", "metadata"), ("wrong-type", "world_size"), ("wrong-type", "complete")} <= codes
+    opened = tracefmt.open(trace)
+    assert "producer" not in opened.manifest and opened.complete is False
+    for command in (["report", str(trace), "-o", str(tmp_path / "r.html")], ["info", str(trace)], ["analyze", str(trace)]):
+        assert main(command) in (0, 1), command
+        assert "internal error" not in capsys.readouterr().err
+
+
+def test_histograms_without_bins_are_skipped_by_the_analyzers(tmp_path):
+    """Empty ``hist_counts`` lists (found by the fuzzer: a reshape error in the activations analyzer)."""
+    from tracefmt.analyzers import run
+
+    trace = tmp_path / "t"
+    shutil.copytree(CONFORMANCE / "valid_minimal" / "trace", trace)
+    seg = next((trace / "records").rglob("*.arrow"))
+
+    def no_bins(table: pa.Table) -> pa.Table:
+        i = table.schema.get_field_index("hist_counts")
+        counts = table.column(i).to_pylist()
+        assert any(c is not None for c in counts)
+        return table.set_column(i, table.schema.field(i), pa.array([None if c is None else [] for c in counts], table.schema.field(i).type))
+
+    _rewrite_segment(seg, no_bins)
+    assert not tracefmt.validate(trace).valid
+    report = run(trace)
+    assert "activations" in report.results

@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import TraceFormatError, TraceNotFoundError, UnsupportedVersionError
 from .safe_io import read_json
-from .schema import FORMAT_NAME, FORMAT_VERSION
+from .schema import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FIELDS
 
 __all__ = ["MANIFEST", "new_manifest", "read_manifest", "write_manifest", "check_version", "parse_version", "SUPPORTED_MAJOR"]
 
@@ -83,7 +83,26 @@ def read_manifest(trace_dir: Path) -> dict[str, Any]:
     if "format_version" not in data:
         raise TraceFormatError(f"{path}: missing required field 'format_version'")
     check_version(data["format_version"], where=str(path))
-    return data
+    return _known_fields_well_typed(data)
+
+
+def _known_fields_well_typed(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the spec's fields whose JSON type is wrong (``producer`` a string,
+    ``metadata`` a number): every reader then sees either the declared type or nothing.
+    ``tracefmt validate`` reads the file itself and reports them.
+    """
+    out = dict(data)
+    for name, (jtype, _required, _doc) in MANIFEST_FIELDS.items():
+        if name in out and not json_type_matches(out[name], jtype):
+            del out[name]
+    return out
+
+
+def json_type_matches(value: Any, jtype: str) -> bool:
+    """Whether ``value`` (parsed JSON) is of the manifest JSON type ``jtype`` (a boolean is not an integer)."""
+    if jtype == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, {"string": str, "boolean": bool, "object": dict}[jtype])
 
 
 def write_manifest(trace_dir: Path, manifest: dict[str, Any]) -> None:

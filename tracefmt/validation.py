@@ -24,7 +24,7 @@ from . import safe_io
 from ._batch_checks import Issue, check_batch, check_schema
 from .enums import Severity
 from .errors import TraceFormatError, TraceNotFoundError
-from .manifest import MANIFEST, SUPPORTED_MAJOR
+from .manifest import MANIFEST, SUPPORTED_MAJOR, json_type_matches
 from .schema import FINDINGS, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FIELDS, NODES, TABLES
 from .segments import (
     NODES_FILES,
@@ -43,7 +43,6 @@ __all__ = ["Problem", "ValidationReport", "validate_trace"]
 
 # "dynamics" holds the training-dynamics tables of spec/DYNAMICS.md (section 19).
 _KNOWN_ENTRIES = {MANIFEST, *NODES_FILES, "findings", "dynamics", *PARTITIONED}
-_JSON_TYPES = {"string": str, "boolean": bool, "object": dict, "integer": int}
 
 
 @dataclass(frozen=True)
@@ -241,8 +240,7 @@ def _check_manifest(m: Any, out: _Collector) -> bool:
                 out.add(Severity.ERROR, "missing-field", f"missing required field '{name}'", table="manifest", column=name, file=where)
             continue
         value = m[name]
-        py = _JSON_TYPES[jtype]
-        if not isinstance(value, py) or (py is int and isinstance(value, bool)):
+        if not json_type_matches(value, jtype):
             out.add(
                 Severity.ERROR,
                 "wrong-type",

@@ -399,3 +399,31 @@ def test_histograms_without_bins_are_skipped_by_the_analyzers(tmp_path):
     assert not tracefmt.validate(trace).valid
     report = run(trace)
     assert "activations" in report.results
+
+
+def test_parquet_segment_columns_of_another_type(tmp_path):
+    """A string where the table has a list (found by the fuzzer: a cast error inside the scan)
+    is refused with a one-line error; a widened type another engine writes (int64 step ids,
+    large strings) still reads."""
+    import pyarrow.parquet as pq
+
+    trace = tmp_path / "t"
+    shutil.copytree(CONFORMANCE / "valid_minimal" / "trace", trace)
+    compact_trace(trace, force=True)
+    seg = next((trace / "records").rglob("*.parquet"))
+    table = pq.read_table(seg)
+    expected = tracefmt.open(trace).read("records").num_rows
+
+    def rewrite(name: str, array: pa.Array) -> None:
+        nonlocal table
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, pa.field(name, array.type), array)
+        pq.write_table(table, seg)
+
+    rewrite("node_id", table.column("node_id").cast(pa.int64()))
+    rewrite("phase", table.column("phase").cast(pa.large_string()))
+    assert tracefmt.open(trace).read("records", kinds=["activation"]).num_rows > 0
+    assert tracefmt.open(trace).read("records").num_rows == expected
+    rewrite("shape", pa.array(["[2, 3]"] * table.num_rows))
+    with pytest.raises(TraceFormatError, match="'shape' has type string"):
+        tracefmt.open(trace).read("records", kinds=["activation"])

@@ -163,7 +163,7 @@ class Trace:
         parquet = [str(s.path) for s in segs if s.format == "parquet"]
         loaded = [s for s in segs if not (s.format == "parquet" or (s.format == "file" and s.complete and not s.open))]
         for s in segs:
-            if s.format != "parquet" and s.schema is not None:
+            if s.schema is not None:
                 _check_types(s, tdef)
             _check_required(s.schema, s.null_columns, tdef, str(s.path))
         if files:
@@ -307,7 +307,12 @@ class Trace:
                 return
         dataset = self.dataset(table, ranks=rank_set)
         # Arrow reads ahead 16 batches by default; two keep memory bounded at no cost in speed.
-        yield from dataset.to_batches(columns=columns, filter=expr, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
+        batches = dataset.to_batches(columns=columns, filter=expr, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
+        try:
+            yield from batches
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            # A value another engine's segment cannot hold in the table's type (a widened column).
+            raise TraceFormatError(f"{self.path}: table '{table}' cannot be read ({' '.join(str(exc).split())[:300]})") from None
 
     def read(self, table: str = "records", **filters: Any) -> pa.Table:
         """Like :meth:`scan` but returns one table."""
@@ -415,11 +420,27 @@ def _check_required(schema: pa.Schema | None, null_columns: set[str], tdef: Any,
 
 
 def _check_types(seg: Segment, tdef: Any) -> None:
+    """Refuse a column of another type than the table's, before a scan would cast it.
+
+    A Parquet segment written by another engine may widen a type in the same family
+    (int32 as int64, a dictionary-encoded or large string): the dataset casts those.
+    """
     for f in seg.schema:
         if f.name in tdef.names and tdef.name != "tensors":
             want = tdef.column(f.name).type
-            if f.type != want:
+            if f.type != want and not (seg.format == "parquet" and _same_family(f.type, want)):
                 raise TraceFormatError(f"{seg.path}: table '{tdef.name}' column '{f.name}' has type {f.type}, expected {want}")
+
+
+def _same_family(got: pa.DataType, want: pa.DataType) -> bool:
+    """Whether ``got`` is ``want`` up to width, string layout or dictionary encoding."""
+    if pa.types.is_dictionary(got):
+        got = got.value_type
+    for family in (pa.types.is_integer, pa.types.is_floating):
+        if family(got) and family(want):
+            return True
+    strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+    return got == want or (any(t(got) for t in strings) and any(t(want) for t in strings))
 
 
 def open(path: str | Path, *, run: str | None = None, filesystem: Any = None) -> Trace:  # noqa: A001 - mirrors pyarrow.dataset.dataset / builtins style

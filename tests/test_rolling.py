@@ -30,6 +30,8 @@ def test_roll_by_steps_publishes_one_closed_parquet_file_per_group_of_steps(tmp_
     with tracefmt.TraceWriter(path, options=tracefmt.WriterOptions(roll_steps=2, roll_seconds=None, flush_interval=0)) as w:
         w.write_nodes(TINY_NODES)
         w.write_records([_row(s, n) for s in range(5) for n in (1, 2)])  # one call spanning 5 steps
+        assert tracefmt.open(path).records.count_rows() == 10  # rolled segments read while they wait to be published
+        w.flush()  # waits for the publishing thread
         assert _visible(path) == ["part-00000.parquet", "part-00001.parquet"]
         hidden = [p.name for p in (path / "records" / "rank-0").iterdir() if p.name.startswith(".")]
         assert hidden == [".part-00002.open.arrow"]
@@ -122,3 +124,33 @@ def test_torch_tracer_exposes_the_writer_options(tmp_path):
     assert len(_visible(tmp_path / "t")) == 3
     with pytest.raises(tracefmt.UsageError, match="segment_format"):
         tracefmt.WriterOptions(segment_format="csv")
+
+
+def test_rolled_segments_wait_for_the_publishing_thread_and_are_never_lost_by_a_reader(tmp_path):
+    """An open segment published between a reader's listing and its read is read from the closed file."""
+    from tracefmt.segments import list_segments, open_segment
+
+    path = tmp_path / "t"
+    opts = tracefmt.WriterOptions(roll_steps=2, roll_seconds=None, flush_interval=0, publish_threads=0)
+    with tracefmt.TraceWriter(path, options=opts) as w:
+        w.write_nodes(TINY_NODES)
+        w.write_records([_row(0)])
+        w.flush()
+        listed = [s for s in list_segments(path, "records") if s.open]
+        assert [s.path.name for s in listed] == [".part-00000.open.arrow"]
+        w.write_records([_row(1)])
+        w.flush()  # two steps: rolled, and published at once (publish_threads=0)
+        assert not listed[0].path.exists()
+        seg = open_segment(listed[0], load=True)
+        assert not seg.open and seg.path.name == "part-00000.parquet" and sum(b.num_rows for b in seg.batches) == 2
+    # With the publishing thread: the same files, each published once, none left hidden.
+    threaded = tmp_path / "threaded"
+    with tracefmt.TraceWriter(threaded, options=tracefmt.WriterOptions(roll_steps=1, roll_seconds=None, flush_interval=0)) as w:
+        w.write_nodes(TINY_NODES)
+        for s in range(6):
+            w.write_records([_row(s)])
+        assert tracefmt.open(threaded).records.count_rows() == 6
+    names = _visible(threaded)
+    assert names == [f"part-{i:05d}.parquet" for i in range(6)]
+    assert [pq.read_table(threaded / "records" / "rank-0" / n).column("step").to_pylist() for n in names] == [[s] for s in range(6)]
+    assert not [p for p in (threaded / "records" / "rank-0").iterdir() if p.name.startswith(".")]

@@ -14,7 +14,10 @@ rename; a reader that finds both ignores the open one.
 from __future__ import annotations
 
 import os
+import queue
+import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +33,7 @@ from .errors import UsageError
 from .schema import TableDef
 from .segments import closed_name, open_name, rank_dir_name, segment_index
 
-__all__ = ["WriterOptions", "RollingSink", "SEGMENT_FORMATS", "write_closed", "exclusive_temp", "publish", "repeated_string"]
+__all__ = ["WriterOptions", "RollingSink", "Publisher", "SEGMENT_FORMATS", "write_closed", "exclusive_temp", "publish", "repeated_string"]
 
 #: Closed-segment formats: Parquet (every engine reads it) or Arrow IPC files (faster to
 #: write; pyarrow, polars and tracefmt read them, DuckDB, Spark, Dask and Ray do not).
@@ -38,6 +41,8 @@ SEGMENT_FORMATS = ("parquet", "arrow")
 # Dictionary-encode only the low-cardinality string columns and keep statistics only on
 # the columns filters use: both cost write time for no read benefit elsewhere.
 _DICT_COLUMNS = ("phase", "kind", "slot", "dtype", "hist_scheme", "name", "run_id")
+#: A closed segment being written (``exclusive_temp``): left behind only by a killed writer.
+_PUBLISH_TEMP_RE = re.compile(r"^\.part-\d{5,}\.(?:parquet|arrow)\.[0-9a-f]{16}\.tmp$")
 _STAT_COLUMNS = ("step", "rank", "node_id", "kind", "phase", "slot", "call", "name", "epoch")
 
 
@@ -63,6 +68,11 @@ class WriterOptions:
         compression: Codec of closed segments: Parquet ``'snappy'``, ``'zstd'``, ``'lz4'``
             or ``'none'``; for ``'arrow'`` segments ``None``, ``'lz4'`` or ``'zstd'``.
             Defaults to ``'snappy'`` (read by every engine).
+        publish_threads: Threads that encode rolled segments as Parquet, so the thread
+            that writes rows only ever pays for the Arrow IPC append; 0 encodes in the
+            writing thread. At most ``2 * publish_threads`` rolled segments wait for them;
+            a roll beyond that waits (the backlog, and what a reader holds, stays bounded).
+            Defaults to 1.
     """
 
     roll_seconds: float | None = 5.0
@@ -72,6 +82,7 @@ class WriterOptions:
     flush_interval: float = 1.0
     segment_format: str = "parquet"
     compression: str | None = "snappy"
+    publish_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.segment_format not in SEGMENT_FORMATS:
@@ -80,8 +91,8 @@ class WriterOptions:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise UsageError(f"writer option {name} must be > 0 or None, got {v!r}")
-        if self.roll_bytes <= 0 or self.batch_rows <= 0 or self.flush_interval < 0:
-            raise UsageError("writer options roll_bytes and batch_rows must be > 0 and flush_interval >= 0")
+        if self.roll_bytes <= 0 or self.batch_rows <= 0 or self.flush_interval < 0 or self.publish_threads < 0:
+            raise UsageError("writer options roll_bytes and batch_rows must be > 0, flush_interval and publish_threads >= 0")
 
     def with_overrides(self, **values: Any) -> WriterOptions:
         """A copy with the given non-None values replaced."""
@@ -142,13 +153,75 @@ def write_closed(table: pa.Table, directory: Path, name: str, options: WriterOpt
     return directory / name
 
 
+class Publisher:
+    """Publishes rolled open segments as closed Parquet segments, on background threads.
+
+    A rolled open segment already has its footer: it is a complete IPC file that tracefmt
+    reads while it waits, and that a killed process leaves for recovery like any open
+    segment. Encoding Parquet costs several times the IPC append (bench/RESULTS.md), so
+    it runs here, beside the thread that writes rows. ``threads=0`` publishes at once, in
+    the caller's thread.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._queue: queue.Queue[tuple[Path, str, WriterOptions] | None] = queue.Queue(maxsize=max(1, 2 * threads))
+        self._error: BaseException | None = None
+        self._threads = [threading.Thread(target=self._run, name=f"tracefmt-publish-{i}", daemon=True) for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, open_path: Path, final_name: str, options: WriterOptions) -> None:
+        """Publish ``open_path`` as ``final_name``; waits while the backlog is full."""
+        self._raise_error()
+        if not self._threads:
+            close_open_segment(open_path, final_name, options)
+            return
+        self._queue.put((open_path, final_name, options))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                close_open_segment(*item)
+            except BaseException as exc:  # noqa: BLE001 - reported to the writer; the open file stays, recoverable
+                if self._error is None:
+                    self._error = exc
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+
+    def drain(self) -> None:
+        """Wait until every submitted segment is published; re-raise a publishing error."""
+        if self._threads:
+            self._queue.join()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Drain, then stop the threads."""
+        try:
+            self.drain()
+        finally:
+            for _ in self._threads:
+                self._queue.put(None)
+            for t in self._threads:
+                t.join()
+            self._threads = []
+
+
 class RollingSink:
     """Buffered appends to one table of one rank: an open IPC segment, rolled into closed ones."""
 
-    def __init__(self, root: Path, table: TableDef, rank: int, *, run_id: str | None, options: WriterOptions) -> None:
+    def __init__(
+        self, root: Path, table: TableDef, rank: int, *, run_id: str | None, options: WriterOptions, publisher: Publisher | None = None
+    ) -> None:
         self.dir = root / table.name / rank_dir_name(rank)
         self.table = table
         self.options = options
+        self.publisher = publisher
         self.run_id = run_id
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
@@ -259,6 +332,8 @@ class RollingSink:
         final = closed_name(index, self.options.segment_format)
         if final.endswith(".arrow"):
             os.replace(open_path, open_path.parent / final)  # the footer is written: a complete IPC file
+        elif self.publisher is not None:
+            self.publisher.submit(open_path, final, self.options)
         else:
             close_open_segment(open_path, final, self.options)
 
@@ -327,6 +402,9 @@ def recover_open_segments(
             continue
         names = {p.name for p in rank_dir.iterdir()}
         for name in sorted(names):
+            if _PUBLISH_TEMP_RE.match(name):
+                (rank_dir / name).unlink(missing_ok=True)  # a publication cut short: its open segment is still there
+                continue
             m = OPEN_RE.match(name)
             if not m:
                 continue

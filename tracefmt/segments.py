@@ -255,6 +255,18 @@ def _head(path: Path, n: int) -> bytes:
         return f.read(n)
 
 
+def _published_as(seg: Segment) -> Path | None:
+    """The closed segment an open segment was published as, if it exists now."""
+    index = segment_index(seg.path.name)
+    if index is None:
+        return None
+    for fmt in ("parquet", "arrow"):
+        candidate = seg.path.parent / closed_name(index, fmt)
+        if safe_io.is_regular_file(candidate):
+            return candidate
+    return None
+
+
 def open_segment(seg: Segment, *, load: bool = False) -> Segment:
     """Open ``seg``: read its schema, decide whether it is complete, read batches if needed.
 
@@ -276,8 +288,12 @@ def open_segment(seg: Segment, *, load: bool = False) -> Segment:
         if not seg.open:
             seg.schema, seg.batches, seg.complete, seg.recoverable, seg.problem = None, [], False, False, "cannot open (no such file)"
             return seg
-        # A live writer published (renamed) its open segment after it was listed: the
-        # closed file holds these rows, so this one is simply gone, never damaged.
+        # A live writer published its open segment after it was listed: the closed file
+        # of the same number holds these rows; read it instead.
+        published = _published_as(seg)
+        if published is not None:
+            seg.path, seg.format, seg.open = published, _SUFFIX_FORMAT[published.suffix], False
+            return open_segment(seg, load=load)
         seg.schema, seg.batches, seg.complete, seg.problem = None, [], False, "open segment published while reading"
     except (TraceFormatError, OSError) as exc:
         seg.schema, seg.batches, seg.complete, seg.recoverable = None, [], False, False

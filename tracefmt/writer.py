@@ -15,7 +15,7 @@ import pyarrow.ipc as ipc
 from ._conform import to_batch
 from .errors import TraceError, UsageError
 from .manifest import MANIFEST, new_manifest, read_manifest, write_manifest
-from .rolling import RollingSink, WriterOptions, recover_open_segments, repeated_string, write_closed
+from .rolling import Publisher, RollingSink, WriterOptions, recover_open_segments, repeated_string, write_closed
 from .schema import NODES, PREDICTIONS, RECORDS, SCALARS, TABLES, TENSORS
 from .segments import NODES_FILES, rank_dir_name
 
@@ -109,7 +109,10 @@ class TraceWriter:
             # A killed writer's open segments become closed ones, so engines see their rows.
             for t in _SEGMENT_TABLES:
                 recover_open_segments(self.path, t.name, opts, ranks={self.rank})
-        self._sinks = {t.name: RollingSink(self.path, t, self.rank, run_id=self.run_id, options=opts) for t in _SEGMENT_TABLES}
+        self._publisher = Publisher(opts.publish_threads if opts.segment_format == "parquet" else 0)
+        self._sinks = {
+            t.name: RollingSink(self.path, t, self.rank, run_id=self.run_id, options=opts, publisher=self._publisher) for t in _SEGMENT_TABLES
+        }
         self._tensor_files: dict[tuple, tuple[pa.NativeFile, ipc.RecordBatchFileWriter, pa.Schema]] = {}
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
@@ -248,10 +251,11 @@ class TraceWriter:
 
     # -- flushing and closing ----------------------------------------------------------
     def flush(self) -> None:
-        """Write every buffered row to disk now."""
+        """Write every buffered row to disk now, and wait until rolled segments are published."""
         with self._lock:
             for sink in self._sinks.values():
                 sink.flush()
+            self._publisher.drain()
 
     def _flush_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -280,8 +284,11 @@ class TraceWriter:
             if self._closed:
                 return
             self._stop.set()
-            for sink in self._sinks.values():
-                sink.close()
+            try:
+                for sink in self._sinks.values():
+                    sink.close()
+            finally:
+                self._publisher.close()  # every rolled segment published before complete is set
             for f, w, _ in self._tensor_files.values():
                 w.close()
                 f.close()

@@ -162,6 +162,18 @@ def test_invalid_conformance_cases_never_crash_a_command(case, tmp_path, capsys)
         assert "Traceback" not in err and err.count("\n") <= 1, err
 
 
+@pytest.mark.parametrize("case", sorted(p.name for p in CONFORMANCE.iterdir() if p.name.startswith("valid_")))
+def test_every_valid_conformance_case_goes_through_every_reading_command(case, tmp_path, capsys):
+    """A valid trace is never refused by a command (a scalars-only trace made ``report`` exit 2)."""
+    trace = tmp_path / case
+    shutil.copytree(CONFORMANCE / case / "trace", trace)
+    for argv in (["info", str(trace)], ["analyze", str(trace)], ["render", str(trace), "-o", str(tmp_path / "g.svg")],
+                 ["report", str(trace), "-o", str(tmp_path / "r.html")]):  # fmt: skip
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code in (0, 1) and "error" not in err, (argv, code, err)
+
+
 def test_internal_error_is_exit_3_with_one_line_and_debug_traceback(tmp_path, capsys, monkeypatch):
     import tracefmt.cli.info as info_cmd
 

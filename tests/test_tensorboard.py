@@ -163,3 +163,33 @@ def test_cli_exit_codes(tmp_path, traced, capsys):
     assert "a, b" in capsys.readouterr().err
     assert main(["import", "tensorboard", str(tmp_path / "runs"), "--run", "b", "-o", str(tmp_path / "y.trace")]) == 0
     assert pc.sum(tracefmt.open(tmp_path / "y.trace").scalars.column("value")).as_py() == pytest.approx(pc.sum(traced.scalars.column("value")).as_py())
+
+
+def test_import_of_a_damaged_event_file_says_what_was_not_read(tmp_path, capsys):
+    """TensorBoard's reader stops at a damaged record and only logs it: the import warns, exits 1 and records it."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    logdir = tmp_path / "tb"
+    w = SummaryWriter(str(logdir))
+    for step in range(40):
+        w.add_scalar("loss", 1.0 / (step + 1), step)
+        w.add_histogram("layer1/weight", np.linspace(-1, 1, 100) * (step + 1), step)
+    w.close()
+    assert main(["import", "tensorboard", str(logdir), "-o", str(tmp_path / "whole")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    whole = tracefmt.open(tmp_path / "whole").scalars.num_rows
+    events = next(logdir.glob("events.out.tfevents.*"))
+    data = bytearray(events.read_bytes())
+    data[len(data) // 2] ^= 0x40  # one bit in the middle of the file: a record fails its CRC
+    events.write_bytes(bytes(data))
+    assert main(["import", "tensorboard", str(logdir), "-o", str(tmp_path / "damaged")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and events.name in err[0] and "crc32" in err[0] and "not imported" in err[0]
+    damaged = tracefmt.open(tmp_path / "damaged")
+    assert 0 < damaged.scalars.num_rows < whole
+    assert damaged.manifest["metadata"]["tensorboard_damaged"] == [err[0].split("warning: ")[1].split(": TensorBoard")[0]]
+    # Cut before any scalar or histogram: nothing to import is an error, not an empty trace.
+    events.write_bytes(bytes(data[:60]))
+    assert main(["import", "tensorboard", str(logdir), "-o", str(tmp_path / "empty")]) == 2
+    assert "no scalar or histogram events could be read" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()

@@ -96,9 +96,11 @@ class Trace:
     # -- nodes -------------------------------------------------------------------------
     @cached_property
     def nodes(self) -> pa.Table:
-        """The nodes table (sorted by node_id)."""
+        """The nodes table (sorted by node_id); empty for a trace of scalars or predictions only."""
         path = nodes_file(self.path)
         if path is None:
+            if not self.has("records") and not self.has("tensors"):
+                return NODES.schema.empty_table()  # the spec requires nodes only where rows refer to them
             raise TraceNotFoundError(f"{self.path}: missing {NODES.location}")
         try:
             table = read_whole_file(path)

@@ -16,6 +16,7 @@ histogram tag and absent from the graph is added.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import sys
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tracefmt.enums import Kind, Phase
-from tracefmt.errors import MissingDependencyError, TraceNotFoundError, UsageError
+from tracefmt.errors import MissingDependencyError, TraceFormatError, TraceNotFoundError, UsageError
 from tracefmt.op_classes import classify_op_type
 
 from .tags import METRICS, TRACE_TAG, parse_foreign_tag
@@ -73,8 +74,45 @@ def _accumulator(run_dir: Path) -> Any:
         raise MissingDependencyError("TensorBoard import needs the 'tensorboard' package (pip install 'tracefmt[tensorboard]')") from exc
     keep_all = {ea.SCALARS: 0, ea.HISTOGRAMS: 0, ea.TENSORS: 0, ea.GRAPH: 1, ea.COMPRESSED_HISTOGRAMS: 1, ea.IMAGES: 1, ea.AUDIO: 1}
     acc = ea.EventAccumulator(str(run_dir), size_guidance=keep_all)
-    acc.Reload()
+    acc.damaged = _reload_noting_damage(acc)
     return acc
+
+
+class _DamageNotes(logging.Handler):
+    """Collects TensorBoard's own note that it stopped reading an event file early."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.notes: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # event_file_loader: a record failing its length or CRC check, or cut short, ends the
+        # file for TensorBoard: what follows it is never read (TensorBoard only logs it).
+        if not str(record.msg).startswith("Truncated record in ") or not isinstance(record.args, tuple) or len(record.args) != 2:
+            return
+        path, error = record.args
+        name = path.decode(errors="replace") if isinstance(path, bytes) else str(path)
+        reason = str(getattr(error, "message", error))
+        for spelling in (repr(name.encode()), repr(name), name):
+            reason = reason.replace(spelling, "").strip()
+        self.notes.append(" ".join(f"{Path(name).name}: {reason or 'damaged record'}".split())[:300])
+
+
+def _reload_noting_damage(acc: Any) -> list[str]:
+    """``acc.Reload()``; returns one note per event file TensorBoard stopped reading early."""
+    log = logging.getLogger("tensorboard")
+    notes = _DamageNotes()
+    level, propagate = log.level, log.propagate
+    log.addHandler(notes)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False  # its debug messages are for this handler, not the user's logging
+    try:
+        acc.Reload()
+    finally:
+        log.removeHandler(notes)
+        log.setLevel(level)
+        log.propagate = propagate
+    return notes.notes
 
 
 def _tensor_value(event: Any) -> np.ndarray:
@@ -270,11 +308,16 @@ def import_tensorboard(
         _histogram_row(row, edges, counts, h)
         row.update(exact)
     nodes, by_name = _nodes(doc, acc, rows)
+    if not rows.rows and not scalars:
+        damage = f" ({'; '.join(acc.damaged)})" if acc.damaged else ""
+        raise TraceFormatError(f"{run_dir}: no scalar or histogram events could be read{damage}")
     writer = TraceWriter(out, mode=mode, model=model or doc.get("manifest", {}).get("model") or run_dir.name,
                          producer={"adapter": "tracefmt.adapters.tensorboard", "framework": "tensorboard", "framework_version": tensorboard.__version__},
-                         metadata={"tensorboard_logdir": str(run_dir)}, flush_interval=0)  # fmt: skip
+                         metadata={"tensorboard_logdir": str(run_dir), **({"tensorboard_damaged": acc.damaged} if acc.damaged else {})},
+                         flush_interval=0)  # fmt: skip
     try:
-        writer.write_nodes(nodes)
+        if nodes:  # scalars alone need no nodes table
+            writer.write_nodes(nodes)
         recs = []
         for row in rows.rows.values():
             r = {k: v for k, v in row.items() if not k.startswith("_") and k != "node"}

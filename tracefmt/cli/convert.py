@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import EXIT_OK
+from . import EXIT_FOUND, EXIT_OK
 from ._output import add_format_option, emit_json, print_table
 
 FORMATS = ("tensorboard",)
@@ -62,8 +62,12 @@ def _import(args: argparse.Namespace) -> int:
     path = import_tensorboard(args.source, args.out, run=args.run_name, mode="overwrite" if args.overwrite else "create")
     t = open_trace(path)
     scalars = t.scalars
-    return _report(args, {"trace": str(path), "nodes": t.nodes.num_rows, "records": t.records.count_rows(), "scalars": scalars.num_rows,
+    code = _report(args, {"trace": str(path), "nodes": t.nodes.num_rows, "records": t.records.count_rows(), "scalars": scalars.num_rows,
                           "scalar series": len(set(scalars.column("name").to_pylist()))})  # fmt: skip
+    damaged = (t.manifest.get("metadata") or {}).get("tensorboard_damaged") or []
+    for note in damaged:
+        sys.stderr.write(f"tracefmt import: warning: {note}: TensorBoard stopped reading this event file there; later events were not imported\n")
+    return EXIT_FOUND if damaged and code == EXIT_OK else code
 
 
 def _export(args: argparse.Namespace) -> int:

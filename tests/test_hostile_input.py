@@ -240,6 +240,8 @@ def test_odd_versions_and_a_damaged_complete_trace(tmp_path, capsys):
         (trace / "manifest.json").write_text(json.dumps({**m, "format_version": version}))
         assert main(["info", str(trace)]) == EXIT_USAGE
         assert "format_version" in capsys.readouterr().err
+        # validate reports it (fuzz seed 4 case 37,428: '².0' passed isdigit, then int() raised)
+        assert [p.code for p in tracefmt.validate(trace).errors] == ["bad-version" if isinstance(version, str) else "wrong-type"]
     (trace / "manifest.json").write_text(json.dumps(m))
     # A truncated segment in a trace marked complete is damage: compact refuses to drop its tail.
     seg = next((_rank_dir(trace)).iterdir())

@@ -24,7 +24,7 @@ from . import safe_io
 from ._batch_checks import Issue, check_batch, check_schema
 from .enums import Severity
 from .errors import TraceFormatError, TraceNotFoundError
-from .manifest import MANIFEST, SUPPORTED_MAJOR, json_type_matches
+from .manifest import MANIFEST, SUPPORTED_MAJOR, json_type_matches, parse_version
 from .schema import FINDINGS, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FIELDS, NODES, TABLES
 from .segments import (
     NODES_FILES,
@@ -260,8 +260,9 @@ def _check_manifest(m: Any, out: _Collector) -> bool:
         )
     version = m.get("format_version")
     if isinstance(version, str):
-        parts = version.split(".")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        try:
+            major, minor = parse_version(version)
+        except TraceFormatError:
             out.add(
                 Severity.ERROR,
                 "bad-version",
@@ -271,7 +272,6 @@ def _check_manifest(m: Any, out: _Collector) -> bool:
                 file=where,
             )
             return False
-        major, minor = int(parts[0]), int(parts[1])
         if major != SUPPORTED_MAJOR:
             out.add(Severity.ERROR, "unsupported-version",
                     f"unsupported major format_version {version}; this validator knows {SUPPORTED_MAJOR}.x (nothing else was checked)",

@@ -115,6 +115,7 @@ class TraceWriter:
         }
         self._tensor_files: dict[tuple, tuple[pa.NativeFile, ipc.RecordBatchFileWriter, pa.Schema]] = {}
         self._stop = threading.Event()
+        self._background_error: Exception | None = None
         self._timer: threading.Thread | None = None
         if opts.flush_interval > 0:
             interval = min(opts.flush_interval, opts.roll_seconds or opts.flush_interval)
@@ -262,12 +263,19 @@ class TraceWriter:
             with self._lock:
                 if self._closed:
                     return
-                for sink in self._sinks.values():
-                    sink.flush()
+                try:
+                    for sink in self._sinks.values():
+                        sink.flush()
+                except Exception as exc:  # noqa: BLE001 - handed to the writing thread, not printed by this one
+                    self._background_error = exc
+                    return  # writes still flush; the caller learns of the failure at its next call
 
     def _check_open(self) -> None:
         if self._closed:
             raise UsageError(f"{self.path}: the trace writer is closed")
+        if self._background_error is not None:
+            exc, self._background_error = self._background_error, None
+            raise exc
 
     @property
     def closed(self) -> bool:

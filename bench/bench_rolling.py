@@ -59,7 +59,7 @@ def main() -> None:
         thread_cpu: dict[int, float] = {}
 
         def write_tracefmt(publish_threads: int = 1) -> None:
-            extra = {"publish_threads": publish_threads} if hasattr(tracefmt.WriterOptions, "publish_threads") else {}
+            extra = {"publish_threads": publish_threads} if hasattr(getattr(tracefmt, "WriterOptions", None), "publish_threads") else {}
             kw = {"options": tracefmt.WriterOptions(flush_interval=0, segment_format=args.format, **extra)} if new else {"flush_interval": 0}
             c0 = time.thread_time()
             with tracefmt.TraceWriter(trace_dir, **kw) as w:

@@ -441,3 +441,32 @@ def test_parquet_segment_columns_of_another_type(tmp_path):
     rewrite("shape", pa.array(["[2, 3]"] * table.num_rows))
     with pytest.raises(TraceFormatError, match="'shape' has type string"):
         tracefmt.open(trace).read("records", kinds=["activation"])
+
+
+def test_columns_are_validated_when_read_and_damage_is_always_caught(tmp_path, capsys):
+    """A closed segment is validated column by column as readers ask for them: a scan of
+    sound columns reads, any read of the damaged one is a one-line error, and ``validate``
+    and ``analyze`` (which read every column) report it."""
+    import pyarrow.ipc as ipc
+
+    trace = tmp_path / "t"
+    shutil.copytree(CONFORMANCE / "valid_minimal" / "trace", trace)
+    seg = next((trace / "records").rglob("*.arrow"))
+    with ipc.open_file(str(seg)) as r:
+        table = r.read_all().combine_chunks()
+    i = table.schema.get_field_index("dtype")
+    good = table.column(i).chunk(0)
+    data = bytearray(good.buffers()[2].to_pybytes())
+    data[0] = 0xFF  # not UTF-8: only pyarrow's full validation sees it
+    bad = pa.Array.from_buffers(pa.string(), len(good), [None, good.buffers()[1], pa.py_buffer(bytes(data))])
+    with ipc.new_file(str(seg), table.schema) as w:
+        w.write_table(table.set_column(i, table.schema.field(i), bad))
+    opened = tracefmt.open(trace)
+    assert opened.read("records", columns=["step", "node_id", "mean"], kinds=["activation"]).num_rows > 0
+    for read in (lambda: opened.read("records", columns=["dtype"]), lambda: opened.read("records"), lambda: opened.records.to_table()):
+        with pytest.raises(TraceFormatError, match="UTF8|UTF-8|utf8"):
+            read()
+    assert any(p.code == "unreadable" for p in tracefmt.validate(trace).errors)
+    for argv in (["analyze", str(trace)], ["validate", str(trace)]):
+        assert main(argv) in (1, EXIT_USAGE)
+        assert "internal error" not in capsys.readouterr().err

@@ -138,7 +138,7 @@ def compact_trace(
             if len(segs) == 1 and segs[0].format == "parquet" and not segs[0].open:
                 result.skipped.append(f"{table}/{segs[0].path.parent.name}")
                 continue
-            damaged = [s for s in map(open_segment, segs) if not s.complete and not s.open]
+            damaged = [s for s in (open_segment(s, full=True) for s in segs) if not s.complete and not s.open]
             if damaged and manifest.get("complete", False) and not force:
                 raise TraceFormatError(f"{damaged[0].path}: {damaged[0].problem}, although the trace is marked complete (damaged?); "
                                        "not compacted: --force keeps only its readable rows")  # fmt: skip

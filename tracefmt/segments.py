@@ -14,7 +14,7 @@ complete or not, in one place for the reader, the validator and ``compact``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ __all__ = [
     "list_segments",
     "open_segment",
     "iter_batches",
+    "validate_columns",
     "replaced_by_journal",
     "rank_dir_name",
     "rank_of_dir",
@@ -179,6 +180,8 @@ class Segment:
     null_columns: set[str] = field(default_factory=set)
     #: True for a writer's open segment (hidden from outside engines, read by tracefmt).
     open: bool = False
+    #: Columns fully validated so far (:func:`validate_columns`); their nulls are in ``null_columns``.
+    validated: set[str] = field(default_factory=set)
 
     @property
     def readable(self) -> bool:
@@ -267,12 +270,16 @@ def _published_as(seg: Segment) -> Path | None:
     return None
 
 
-def open_segment(seg: Segment, *, load: bool = False) -> Segment:
+def open_segment(seg: Segment, *, load: bool = False, full: bool = False) -> Segment:
     """Open ``seg``: read its schema, decide whether it is complete, read batches if needed.
 
     Complete IPC files and Parquet files are left for :mod:`pyarrow.dataset` to scan lazily
     unless ``load`` is true; streams and footer-less IPC files are read (memory-mapped, so
     the batches are zero-copy views of the file) because no lazy reader exists for them.
+
+    Batches read into memory are validated at once. A closed segment's columns are
+    validated here only with ``full``; otherwise readers validate the columns they read
+    with :func:`validate_columns` before computing on them.
     """
     if seg.problem and not seg.recoverable and seg.schema is None:
         return seg  # refused when listed (a link or special file): never opened
@@ -283,7 +290,7 @@ def open_segment(seg: Segment, *, load: bool = False) -> Segment:
     try:
         safe_io.check_regular_file(seg.path)
         _open(seg, load=load)
-        _validate(seg)
+        _validate(seg, full=full)
     except FileNotFoundError:
         if not seg.open:
             seg.schema, seg.batches, seg.complete, seg.recoverable, seg.problem = None, [], False, False, "cannot open (no such file)"
@@ -293,7 +300,7 @@ def open_segment(seg: Segment, *, load: bool = False) -> Segment:
         published = _published_as(seg)
         if published is not None:
             seg.path, seg.format, seg.open = published, _SUFFIX_FORMAT[published.suffix], False
-            return open_segment(seg, load=load)
+            return open_segment(seg, load=load, full=full)
         seg.schema, seg.batches, seg.complete, seg.problem = None, [], False, "open segment published while reading"
     except (TraceFormatError, OSError) as exc:
         seg.schema, seg.batches, seg.complete, seg.recoverable = None, [], False, False
@@ -301,8 +308,8 @@ def open_segment(seg: Segment, *, load: bool = False) -> Segment:
     return seg
 
 
-def _validate(seg: Segment) -> None:
-    """Fully validate every batch of ``seg`` before anything computes on it (bounded memory)."""
+def _validate(seg: Segment, *, full: bool) -> None:
+    """Validate what :func:`open_segment` holds or needs before anything computes on it."""
     where = str(seg.path)
     if seg.schema is None:
         return
@@ -310,13 +317,37 @@ def _validate(seg: Segment) -> None:
     if seg.batches or not seg.complete:
         safe_io.check_batches(seg.batches, where=where)
         seg.null_columns = {n for b in seg.batches for n, c in zip(b.schema.names, b.columns) if c.null_count}
+        seg.validated = set(seg.schema.names)
         return
+    if full:
+        validate_columns(seg, None)
+
+
+def validate_columns(seg: Segment, columns: Iterable[str] | None) -> None:
+    """Fully validate ``columns`` (None: every column) of ``seg`` once, in bounded memory.
+
+    pyarrow's full validation (offsets, lengths, UTF-8, dictionary indices) of every batch,
+    before any kernel reads them: a damaged file is a one-line error, never a crash. Only
+    the columns asked for are decoded, so a scan of a few columns of a wide table costs a
+    few columns (bench/RESULTS.md).
+
+    Raises:
+        TraceFormatError: the data of one of the columns is damaged.
+    """
+    if seg.schema is None:
+        return
+    names = seg.schema.names
+    wanted = [c for c in dict.fromkeys(names if columns is None else columns) if c in names and c not in seg.validated]
+    if not wanted:
+        return
+    where = str(seg.path)
     try:
-        for b in _iter_closed(seg, None, 65536):
+        for b in _iter_closed(seg, wanted, 65536):
             safe_io.check_batch(b, where=where)
             seg.null_columns.update(n for n, c in zip(b.schema.names, b.columns) if c.null_count)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise TraceFormatError(f"{where}: unreadable ({' '.join(str(exc).split())[:300]})") from None
+    seg.validated.update(wanted)
 
 
 def _open(seg: Segment, *, load: bool) -> Segment:
@@ -397,6 +428,7 @@ def iter_batches(seg: Segment, *, columns: list[str] | None = None, batch_rows: 
     if seg.schema is None:
         return
     cols = None if columns is None else [c for c in columns if c in seg.schema.names]
+    validate_columns(seg, cols)
 
     def select(b: pa.RecordBatch) -> pa.RecordBatch:
         return b if cols is None else b.select(cols)

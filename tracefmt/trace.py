@@ -15,7 +15,7 @@ from ._conform import conform_table
 from .errors import TraceFormatError, TraceNotFoundError
 from .manifest import read_manifest
 from .schema import FINDINGS, NODES, TABLES
-from .segments import Segment, list_segments, nodes_file, open_segment, read_whole_file, table_files
+from .segments import Segment, list_segments, nodes_file, open_segment, read_whole_file, table_files, validate_columns
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -143,11 +143,20 @@ class Trace:
             self._segments[table] = [open_segment(s, load=s.open) for s in list_segments(self.path, table)]
         return self._segments[table]
 
-    def dataset(self, table: str = "records", *, ranks: Iterable[int] | None = None) -> ds.Dataset:
+    def dataset(self, table: str = "records", *, ranks: Iterable[int] | None = None, columns: Iterable[str] | None = None) -> ds.Dataset:
         """A lazy dataset over every segment of ``table`` (optionally only some ranks).
 
         Schemas are unified: columns missing from older segments read as null, extra
         columns of newer producers are kept.
+
+        Args:
+            table: A partitioned table. Defaults to ``'records'``.
+            ranks: Ranks to include. Defaults to all.
+            columns: The only columns the caller will read (or filter on): only these are
+                validated first. Defaults to every column.
+
+        Raises:
+            TraceFormatError: a segment is unreadable or the data of a column is damaged.
         """
         tdef = TABLES[table]
         rank_set = set(ranks) if ranks is not None else None
@@ -164,9 +173,11 @@ class Trace:
         files = [str(s.path) for s in segs if s.format == "file" and s.complete and not s.open]
         parquet = [str(s.path) for s in segs if s.format == "parquet"]
         loaded = [s for s in segs if not (s.format == "parquet" or (s.format == "file" and s.complete and not s.open))]
+        wanted = None if columns is None else list(columns)
         for s in segs:
             if s.schema is not None:
                 _check_types(s, tdef)
+            validate_columns(s, wanted)
             _check_required(s.schema, s.null_columns, tdef, str(s.path))
         if files:
             children.append(_ds().dataset(files, format="arrow", schema=schema))
@@ -300,14 +311,17 @@ class Trace:
         if where is not None:
             expr = where if expr is None else expr & where
         rank_set = set(ranks) if ranks is not None else None
+        # Validated before use: the columns read and those the filters compare.
+        filtered = {"node_id": nodes, "kind": kinds, "step": steps, "phase": phases, "slot": slots}
+        needed = None if columns is None or where is not None else [*columns, *(c for c, v in filtered.items() if v is not None)]
         if expr is None:
             segs = [s for s in self.segments(table) if rank_set is None or s.rank in rank_set]
             if segs and all(s.format == "file" and s.complete and not s.open and s.schema is not None for s in segs):
-                schema = self.dataset(table, ranks=rank_set).schema
+                schema = self.dataset(table, ranks=rank_set, columns=needed).schema
                 out_schema = pa.schema([schema.field(c) for c in (columns or schema.names)])
                 yield from _read_ipc_segments(segs, out_schema, batch_size)
                 return
-        dataset = self.dataset(table, ranks=rank_set)
+        dataset = self.dataset(table, ranks=rank_set, columns=needed)
         # Arrow reads ahead 16 batches by default; two keep memory bounded at no cost in speed.
         batches = dataset.to_batches(columns=columns, filter=expr, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
         try:
@@ -322,7 +336,7 @@ class Trace:
         if batches:
             return pa.Table.from_batches(batches)
         cols = filters.get("columns")
-        schema = self.dataset(table).schema
+        schema = self.dataset(table, columns=cols or None).schema
         return (pa.schema([schema.field(c) for c in cols]) if cols else schema).empty_table()
 
     def tensors(self, **filters: Any) -> Iterator[tuple[dict[str, Any], Any]]:
@@ -336,6 +350,7 @@ class Trace:
                 if seg.recoverable:
                     continue
                 raise TraceFormatError(f"{seg.path}: {seg.problem}")
+            validate_columns(seg, None)
             table = _load(seg)
             if expr is not None:
                 table = _ds().dataset(table).to_table(filter=expr)
@@ -410,7 +425,10 @@ def _extended(base: pa.Schema, other: pa.Schema | None) -> pa.Schema:
 
 
 def _check_required(schema: pa.Schema | None, null_columns: set[str], tdef: Any, where: str) -> None:
-    """Refuse a table lacking a required column or holding nulls in one (readers compute on them)."""
+    """Refuse a table lacking a required column or holding nulls in one (readers compute on them).
+
+    ``null_columns`` holds the validated columns with nulls: a column nobody reads is not checked.
+    """
     if schema is None:
         return
     for col in tdef.columns:

@@ -406,7 +406,7 @@ def _check_partitioned(
         out.add(Severity.ERROR, "unreadable", str(exc), table=name, file=table_dir)
         return
     for seg in segments:
-        open_segment(seg)
+        open_segment(seg, full=True)
         if seg.rank >= world_size:
             out.add(
                 Severity.ERROR,

@@ -65,7 +65,8 @@ def build_seeds(out: Path, *, adapters: bool = True) -> list[Path]:
 
 
 def _adapter_seeds(out: Path) -> list[Path]:
-    """A PyTorch training trace (scalars, predictions, raw tensors), its compacted copy, an ONNX Runtime trace."""
+    """A PyTorch training trace (scalars, predictions, raw tensors), its compacted copy, an ONNX Runtime trace,
+    a PyTorch CNN trace in closed IPC segments."""
     import numpy as np
 
     made = []
@@ -113,6 +114,26 @@ def _adapter_seeds(out: Path) -> list[Path]:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         trace_onnx(model, {"x": rng.standard_normal((2, 4)).astype(np.float32)}, onnx_dir, raw=True)
     made.append(onnx_dir)
+    cnn_dir = out / "torch-cnn-arrow"
+    if not cnn_dir.exists():
+        import torch
+
+        import tracefmt
+        from tracefmt.adapters.torch import TorchTracer
+
+        # Closed IPC segments, one per step: the reader's column-selective IPC path.
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 2))
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        opts = tracefmt.WriterOptions(segment_format="arrow", roll_steps=1, flush_interval=0)
+        with TorchTracer(model, cnn_dir, optimizer=opt, writer_options=opts) as tracer:
+            for _ in range(3):
+                loss = model(torch.randn(4, 2, 6, 6)).pow(2).mean()
+                tracer.log_scalar("loss", loss)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+    made.append(cnn_dir)
     return made
 
 
@@ -132,6 +153,17 @@ def _op_read(trace: Path, work: Path) -> None:
     for _ in t.tensors():
         pass
     del tables
+
+
+def _op_scan(trace: Path, work: Path) -> None:
+    import tracefmt
+
+    t = tracefmt.open(trace)
+    for _ in t.scan("records", columns=["step", "node_id", "mean", "hist_counts"], kinds=["activation"], steps=(1, None)):
+        pass
+    for _ in t.scan("records", columns=["node_id", "zero_count", "numel"]):
+        pass
+    t.read("scalars", columns=["step", "value"], phases=["train"])
 
 
 def _op_info(trace: Path, work: Path) -> None:
@@ -187,6 +219,7 @@ def _cli(args: list[str]) -> Callable[[Path, Path], None]:
 OPERATIONS: dict[str, Callable[[Path, Path], None]] = {
     "validate": _op_validate,
     "read": _op_read,
+    "scan": _op_scan,
     "info": _op_info,
     "analyze": _op_analyze,
     "render": _op_render,
@@ -198,7 +231,7 @@ OPERATIONS: dict[str, Callable[[Path, Path], None]] = {
     "cli_compact": _cli(["compact", "{trace}", "--force"]),
 }
 #: Relative weights: the cheap, most exposed reads run most often.
-WEIGHTS = {"validate": 4, "read": 4, "info": 2, "analyze": 2, "render": 1, "compact": 2, "valid_then_read": 2,
+WEIGHTS = {"validate": 4, "read": 4, "scan": 2, "info": 2, "analyze": 2, "render": 1, "compact": 2, "valid_then_read": 2,
            "cli_info": 1, "cli_analyze": 1, "cli_report": 1, "cli_compact": 1}  # fmt: skip
 
 

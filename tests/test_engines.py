@@ -22,24 +22,26 @@ import tracefmt
 from tracefmt.stats import tensor_stats
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "engines.md"
+#: The index (live run, object storage) and one page of recipes per engine.
+PAGES = [DOC, *sorted((DOC.parent / "engines").glob("*.md"))]
 RUNS = ("healthy", "dead")
 STEPS, RANKS = 12, 2
 
 
 def _recipes() -> dict[str, str]:
-    """Engine section title -> its Python code, from docs/engines.md."""
-    text = DOC.read_text()
+    """Engine section title -> its Python code, from docs/engines.md and docs/engines/*.md."""
     out = {}
-    for m in re.finditer(r"^## (.+?)\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M):
-        code = re.findall(r"```python\n(.*?)```", m.group(2), flags=re.S)
-        if code:
-            out[m.group(1).strip()] = "\n".join(code)
+    for page in PAGES:
+        for m in re.finditer(r"^## (.+?)\n(.*?)(?=^## |\Z)", page.read_text(), flags=re.S | re.M):
+            code = re.findall(r"```python\n(.*?)```", m.group(2), flags=re.S)
+            if code:
+                out[m.group(1).strip()] = "\n".join(code)
     return out
 
 
 def _recipe(title: str) -> dict:
     ns: dict = {}
-    exec(compile(_recipes()[title], f"{DOC}#{title}", "exec"), ns)  # noqa: S102 - the documented recipe, run as written
+    exec(compile(_recipes()[title], f"docs/engines#{title}", "exec"), ns)  # noqa: S102 - the documented recipe, run as written
     return ns
 
 

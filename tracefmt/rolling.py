@@ -8,7 +8,8 @@ old enough (``roll_seconds``), spans enough steps (``roll_steps``) or is big eno
 ``part-NNNNN.parquet`` (or ``part-NNNNN.arrow``), written under a hidden temporary name
 and renamed into place, so an outside engine (Spark, DuckDB, polars, pandas, Dask, Ray)
 only ever sees complete, self-describing files. The open file is removed after the
-rename; a reader that finds both ignores the open one.
+rename; a reader that finds both ignores the open one. The Parquet encoding runs on a
+:class:`Publisher` thread, so the thread appending rows pays only for the IPC append.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ SEGMENT_FORMATS = ("parquet", "arrow")
 # Dictionary-encode only the low-cardinality string columns and keep statistics only on
 # the columns filters use: both cost write time for no read benefit elsewhere.
 _DICT_COLUMNS = ("phase", "kind", "slot", "dtype", "hist_scheme", "name", "run_id")
+_STAT_COLUMNS = ("step", "rank", "node_id", "kind", "phase", "slot", "call", "name", "epoch")
 #: A closed segment being written (``exclusive_temp``): left behind only by a killed writer.
 _PUBLISH_TEMP_RE = re.compile(r"^\.part-\d{5,}\.(?:parquet|arrow)\.[0-9a-f]{16}\.tmp$")
-_STAT_COLUMNS = ("step", "rank", "node_id", "kind", "phase", "slot", "call", "name", "epoch")
 
 
 @dataclass(frozen=True)

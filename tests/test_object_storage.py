@@ -6,6 +6,7 @@ is uploaded file by file, as a user syncs closed segments, and read back through
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -88,7 +89,7 @@ def test_open_validate_info_analyze_report_and_compact_an_s3_trace(tmp_path, s3,
     assert main(["info", f"s3://traces/lake/missing.trace?{query}"]) == 2
 
 
-def test_an_s3_lake_with_a_run_selection(tmp_path, s3):
+def test_an_s3_lake_with_a_run_selection(tmp_path, s3, capsys):
     fs, query = s3
     for run in ("r1", "r2"):
         _upload(
@@ -96,7 +97,17 @@ def test_an_s3_lake_with_a_run_selection(tmp_path, s3):
             write_tiny_trace(tmp_path / f"{run}.trace", run_id=run, options=tracefmt.WriterOptions(flush_interval=0)),
             f"lake2/{run}.trace",
         )
-    assert tracefmt.open(f"s3://traces/lake2?{query}", run="r2").run_id == "r2"
+    chosen = tracefmt.open(f"s3://traces/lake2?{query}", run="r2")
+    assert chosen.run_id == "r2" and chosen.records.count_rows() > 0
+    # Only the chosen run's files are copied (and the other members' manifests, to find it).
+    copied = sorted(str(p.relative_to(chosen.path.parent)) for p in chosen.path.parent.rglob("*") if p.is_file())
+    assert [c for c in copied if not c.startswith("r2.trace/")] == ["r1.trace/manifest.json"]
+    # The CLI takes a remote lake and a run selection too.
+    assert main(["analyze", f"s3://traces/lake2?{query}", "--run", "r1", "--run", "r2", "--only", "dead", "--format", "json"]) in (0, 1)
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(os.path.basename(t) for t in out["traces"]) == ["r1.trace", "r2.trace"]
+    assert main(["report", f"s3://traces/lake2?{query}", "--run", "r1", "-o", str(tmp_path / "r1.html"), "--only", "dead"]) in (0, 1)
+    assert (tmp_path / "r1.html").stat().st_size > 0
     with pytest.raises(tracefmt.UsageError, match="available: r1, r2"):
         tracefmt.open(f"s3://traces/lake2?{query}")
 

@@ -4,8 +4,8 @@ Readers accept ``s3://``, ``gs://``, ``hdfs://`` and ``file://`` URIs (through
 :func:`pyarrow.fs.FileSystem.from_uri`; S3 options such as ``endpoint_override`` and
 ``region`` go in the URI's query string) or a path together with a
 :class:`pyarrow.fs.FileSystem` or an fsspec filesystem. A remote trace is read from a
-local copy of its visible files (names not starting with ``.`` or ``_``), made once per
-process in a private temporary directory: every closed file is complete when it appears,
+local copy of its visible files (names not starting with ``.`` or ``_``; of a lake with a
+run selected, that run's files only), made once per process in a private temporary directory: every closed file is complete when it appears,
 so the copy is a consistent trace. Listed names are checked before they become local
 paths: nothing in a remote listing can name a file outside the copy.
 """
@@ -70,11 +70,12 @@ def _safe_relative(base: str, full: str) -> PurePosixPath | None:
     return rel
 
 
-def localize(path: str | Path, *, filesystem: Any = None) -> Path:
+def localize(path: str | Path, *, filesystem: Any = None, run: str | None = None) -> Path:
     """A local directory holding the trace (or lake) at ``path``.
 
     Local paths and ``file://`` URIs are returned as they are; a remote trace is copied
-    once per process (closed files only) and the copy returned.
+    once per process (closed files only) and the copy returned. Of a remote lake with
+    ``run`` given, only the members' manifests and the selected run's files are copied.
 
     Raises:
         TraceNotFoundError: nothing exists at ``path`` on its filesystem.
@@ -85,7 +86,7 @@ def localize(path: str | Path, *, filesystem: Any = None) -> Path:
     import pyarrow.fs as pafs
 
     fs, base = resolve_filesystem(path, filesystem)
-    key = (id(fs) if filesystem is not None else 0, f"{fs.type_name}:{base}")
+    key = (id(fs) if filesystem is not None else 0, f"{fs.type_name}:{base}", run)
     if key in _COPIES and _COPIES[key].is_dir():
         return _COPIES[key]
     info = fs.get_file_info(base)
@@ -95,18 +96,31 @@ def localize(path: str | Path, *, filesystem: Any = None) -> Path:
     atexit.register(shutil.rmtree, root, True)
     local = root / (PurePosixPath(base).name or "trace")
     local.mkdir()
+    files = {}
     for entry in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        if entry.type != pafs.FileType.File:
-            continue
-        rel = _safe_relative(base, entry.path)
-        if rel is None:
-            continue  # hidden or unsafe name: never becomes a local path
-        target = local.joinpath(*rel.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(entry.path) as src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+        rel = _safe_relative(base, entry.path) if entry.type == pafs.FileType.File else None
+        if rel is not None:  # a hidden or unsafe name never becomes a local path
+            files[rel] = entry.path
+    wanted = files
+    if run is not None and PurePosixPath("manifest.json") not in files:
+        # A lake: the members' manifests name the runs; then only the chosen run is copied.
+        _copy(fs, {r: p for r, p in files.items() if len(r.parts) == 2 and r.name == "manifest.json"}, local)
+        from .lake import select_run
+
+        chosen = select_run(local, run).name
+        wanted = {r: p for r, p in files.items() if r.parts[0] == chosen}
+    _copy(fs, wanted, local)
     _COPIES[key] = local
     return local
+
+
+def _copy(fs: Any, files: dict[PurePosixPath, str], local: Path) -> None:
+    """Copy remote ``files`` (relative path -> remote path) below ``local``."""
+    for rel, remote in sorted(files.items()):
+        target = local.joinpath(*rel.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(remote) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def publish_compaction(local: Path, path: str | Path, *, filesystem: Any = None) -> None:

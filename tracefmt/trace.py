@@ -483,7 +483,7 @@ def open(path: str | Path, *, run: str | None = None, filesystem: Any = None) ->
     from .lake import is_lake, select_run
     from .storage import localize
 
-    local = localize(path, filesystem=filesystem)
+    local = localize(path, filesystem=filesystem, run=run)
     if is_lake(local):
         return Trace(select_run(local, run))
     return Trace(local)

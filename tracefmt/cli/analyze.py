@@ -53,12 +53,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _selected(paths: list[str], runs: list[str] | None) -> list[str]:
-    """Trace directories: each lake expands to its selected runs (all when none is selected)."""
+def _selected(paths: list[str], runs: list[str] | None) -> list[Any]:
+    """Traces to analyze: each lake expands to its selected runs (all when none is selected)."""
+    from .. import open as open_trace
     from ..lake import is_lake, lake_runs, select_run
+    from ..storage import is_remote, localize
 
-    out: list[str] = []
+    out: list[Any] = []
     for path in paths:
+        if is_remote(path):
+            if runs:  # of a remote lake, only the selected runs are copied
+                out += [open_trace(path, run=r) for r in runs]
+                continue
+            path = str(localize(path))
         if is_lake(path):
             out += [str(select_run(path, r)) for r in runs] if runs else [str(d) for d in lake_runs(path).values()]
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from ._output import number_at_least
 
@@ -32,14 +33,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the report of ``args.trace`` to ``args.output``."""
+    from tracefmt import open as open_trace
     from tracefmt.analyzers.render import write_report
     from tracefmt.lake import is_lake, select_run
+    from tracefmt.storage import is_remote
 
     from ._paths import check_output_file
 
     check_output_file(args.output, overwrite=args.overwrite)
     only = args.only  # a comma-separated selection; an empty one is refused by the pipeline
-    trace = str(select_run(args.trace, args.run_id)) if is_lake(args.trace) else args.trace
+    if is_remote(args.trace):
+        trace: Any = open_trace(args.trace, run=args.run_id)  # of a remote lake, only that run is copied
+    else:
+        trace = str(select_run(args.trace, args.run_id)) if is_lake(args.trace) else args.trace
     info = write_report(trace, args.output, compare=args.compare, analyzers=only, depth=args.depth, title=args.title)
     sev = info.findings.column("severity").to_pylist()
     counts = ", ".join(f"{sev.count(s)} {s}" for s in ("error", "warning", "info"))

@@ -206,7 +206,8 @@ def _cli(args: list[str]) -> Callable[[Path, Path], None]:
     def op(trace: Path, work: Path) -> None:
         from tracefmt.cli import EXIT_INTERNAL, main
 
-        argv = [a.replace("{trace}", str(trace)).replace("{work}", str(work)) for a in args]
+        # {reference}: the unmutated seed, copied beside the trace (it must not change either).
+        argv = [a.replace("{trace}", str(trace)).replace("{work}", str(work)).replace("{reference}", str(trace.parent / "reference")) for a in args]
         err = io.StringIO()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
             code = main(argv)
@@ -229,10 +230,11 @@ OPERATIONS: dict[str, Callable[[Path, Path], None]] = {
     "cli_analyze": _cli(["analyze", "{trace}", "--only", "dead,loss,confusion", "--format", "json"]),
     "cli_report": _cli(["report", "{trace}", "-o", "{work}/report.html", "--only", "dead"]),
     "cli_compact": _cli(["compact", "{trace}", "--force"]),
+    "cli_diff": _cli(["diff", "{trace}", "{reference}", "--format", "json"]),
 }
 #: Relative weights: the cheap, most exposed reads run most often.
 WEIGHTS = {"validate": 4, "read": 4, "scan": 2, "info": 2, "analyze": 2, "render": 1, "compact": 2, "valid_then_read": 2,
-           "cli_info": 1, "cli_analyze": 1, "cli_report": 1, "cli_compact": 1}  # fmt: skip
+           "cli_info": 1, "cli_analyze": 1, "cli_report": 1, "cli_compact": 1, "cli_diff": 1}  # fmt: skip
 
 
 class _Unexpected(Exception):
@@ -300,6 +302,8 @@ def run_case(seed: int, index: int, seeds: list[Path], workdir: Path, *, time_li
     )
     trace = scratch / "trace"
     shutil.copytree(seeds[seed_index], trace, symlinks=True)
+    if op_name == "cli_diff":
+        shutil.copytree(seeds[seed_index], scratch / "reference", symlinks=True)
     labels = []
     for m in mutation_ids:
         try:

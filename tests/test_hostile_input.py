@@ -470,3 +470,24 @@ def test_columns_are_validated_when_read_and_damage_is_always_caught(tmp_path, c
     for argv in (["analyze", str(trace)], ["validate", str(trace)]):
         assert main(argv) in (1, EXIT_USAGE)
         assert "internal error" not in capsys.readouterr().err
+
+
+def test_raw_tensor_files_lacking_a_required_column(tiny_trace, capsys):
+    """A tensors file without 'call' or 'kind' (found by the fuzzer in ``diff``: KeyError, a cast inside a filter)."""
+    import pyarrow.ipc as ipc
+
+    reference = tiny_trace.parent / "reference"
+    with tracefmt.TraceWriter(tiny_trace, mode="append") as w:
+        w.write_tensor(np.ones((2, 3), np.float32), step=0, node_id=1, kind="activation")
+    shutil.copytree(tiny_trace, reference)
+    seg = next((tiny_trace / "tensors").rglob("*.arrow"))
+    with ipc.open_file(str(seg)) as r:
+        table = r.read_all()
+    for column in ("call", "kind"):
+        with ipc.new_file(str(seg), table.drop_columns([column]).schema) as w:
+            w.write_table(table.drop_columns([column]))
+        with pytest.raises(TraceFormatError, match=f"lacks required column '{column}'"):
+            list(tracefmt.open(tiny_trace).tensors(kinds=["activation"]))
+        assert main(["diff", str(tiny_trace), str(reference)]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert f"lacks required column '{column}'" in err and err.count("\n") == 1

@@ -351,6 +351,7 @@ class Trace:
                     continue
                 raise TraceFormatError(f"{seg.path}: {seg.problem}")
             validate_columns(seg, None)
+            _check_required(seg.schema, seg.null_columns, TABLES["tensors"], str(seg.path))
             table = _load(seg)
             if expr is not None:
                 table = _ds().dataset(table).to_table(filter=expr)

@@ -38,7 +38,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -280,13 +280,14 @@ def _where(tb: traceback.StackSummary) -> str:
     return f"{Path(f.filename).name}:{f.lineno}" if f else "?"
 
 
-def run_case(seed: int, index: int, seeds: list[Path], workdir: Path, *, time_limit: float) -> dict:
-    """Build and run case ``index`` in this process; return its outcome record."""
+def run_case(seed: int, index: int, seeds: list[Path], workdir: Path, *, time_limit: float, op: str | None = None) -> dict:
+    """Build and run case ``index`` in this process (with operation ``op`` instead of the planned one); return its outcome."""
     from _fuzz_mutations import MUTATIONS
 
     from tracefmt.errors import TraceError
 
     seed_index, mutation_ids, op_name, rng = plan(seed, index, len(seeds))
+    op_name = op or op_name
     scratch = workdir / "case"
     if scratch.exists():
         for p in scratch.rglob("*"):
@@ -365,7 +366,8 @@ def worker_main() -> None:
     sys.stdout.flush()
     for line in sys.stdin:
         job = json.loads(line)
-        rec = run_case(job["seed"], job["index"], seeds, workdir, time_limit=config["time_limit"])
+        rec = run_case(job["seed"], job["index"], seeds[: job.get("n_seeds", len(seeds))], workdir, time_limit=config["time_limit"], op=job.get("op"))
+        rec["seed_number"] = job["seed"]
         sys.stdout.write(json.dumps(rec) + "\n")
         sys.stdout.flush()
 
@@ -373,15 +375,21 @@ def worker_main() -> None:
 # ------------------------------------------------------------------------------ the runner
 def run_fuzz(seed: int, count: int, seeds: list[Path], *, workers: int = 2, time_limit: float = 10.0,
              start: int = 0, progress: Callable[[int, Counter], None] | None = None,
-             on_problem: Callable[[dict], None] | None = None) -> list[dict]:  # fmt: skip
+             on_problem: Callable[[dict], None] | None = None,
+             cases: Sequence[tuple[int, int, int, str]] | None = None) -> list[dict]:  # fmt: skip
     """Run cases ``start .. start+count-1`` over ``workers`` worker processes; return every outcome.
+
+    ``cases`` replaces that range with given ``(seed, index, number of seeds, operation)``:
+    a case found when fewer seed traces or operations existed is replayed exactly, over the
+    first seeds (new ones are only ever appended) and with its recorded operation (the
+    operation is drawn with one random number, so the mutations that follow are the same).
 
     A worker that dies (a native crash, the memory limit) or stops answering within twice
     the time limit is replaced, and its case recorded as ``crash``, ``memory`` or ``hang``.
     """
     results: list[dict] = []
     wall_limit = max(120.0, 4 * time_limit)
-    todo = list(range(start, start + count))[::-1]
+    todo = [(seed, i, len(seeds), None) for i in range(start, start + count)][::-1] if cases is None else list(cases)[::-1]
     tmp = Path(tempfile.mkdtemp(prefix="tracefmt-fuzz-"))
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     slots: list[dict] = []
@@ -403,13 +411,15 @@ def run_fuzz(seed: int, count: int, seeds: list[Path], *, workers: int = 2, time
             slot["case"] = None
             return
         slot["case"], slot["since"] = todo.pop(), time.monotonic()
-        slot["proc"].stdin.write(json.dumps({"seed": seed, "index": slot["case"]}) + "\n")
+        case_seed, index, n_seeds, op = slot["case"]
+        slot["proc"].stdin.write(json.dumps({"seed": case_seed, "index": index, "n_seeds": n_seeds, "op": op}) + "\n")
         slot["proc"].stdin.flush()
 
     def lost(i: int, outcome: str, detail: str) -> None:
         slot = slots[i]
-        _, muts, op, _ = plan(seed, slot["case"], len(seeds))
-        results.append({"index": slot["case"], "outcome": outcome, "detail": detail, "op": op})
+        case_seed, index, n_seeds, op = slot["case"]
+        op = op or plan(case_seed, index, n_seeds)[2]
+        results.append({"index": index, "seed_number": case_seed, "outcome": outcome, "detail": detail, "op": op})
         counts[outcome] += 1
         if on_problem:
             on_problem(results[-1])
@@ -455,7 +465,7 @@ def run_fuzz(seed: int, count: int, seeds: list[Path], *, workers: int = 2, time
                 s["proc"].kill()
                 s["proc"].wait()
         shutil.rmtree(tmp, ignore_errors=True)
-    return sorted(results, key=lambda r: r["index"])
+    return sorted(results, key=lambda r: (r.get("seed_number", seed), r["index"]))
 
 
 def summarize(results: list[dict]) -> tuple[Counter, Counter]:

@@ -200,12 +200,12 @@ class Trace:
     @cached_property
     def scalars(self) -> pa.Table:
         """The scalars table, read whole (sorted by name, phase, step)."""
-        return self.dataset("scalars").to_table().sort_by([("name", "ascending"), ("phase", "ascending"), ("step", "ascending")])
+        return _whole(self, "scalars").sort_by([("name", "ascending"), ("phase", "ascending"), ("step", "ascending")])
 
     @cached_property
     def predictions(self) -> pa.Table:
         """The predictions table (empty when the trace has none)."""
-        return self.dataset("predictions").to_table()
+        return _whole(self, "predictions")
 
     @property
     def findings(self) -> pa.Table | None:
@@ -326,9 +326,8 @@ class Trace:
         batches = dataset.to_batches(columns=columns, filter=expr, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
         try:
             yield from batches
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-            # A value another engine's segment cannot hold in the table's type (a widened column).
-            raise TraceFormatError(f"{self.path}: table '{table}' cannot be read ({' '.join(str(exc).split())[:300]})") from None
+        except _SCAN_ERRORS as exc:
+            raise _unreadable(self, table, exc) from None
 
     def read(self, table: str = "records", **filters: Any) -> pa.Table:
         """Like :meth:`scan` but returns one table."""
@@ -415,6 +414,24 @@ def _load(seg: Segment) -> pa.Table:
     if seg.batches or not seg.complete:
         return pa.Table.from_batches(seg.batches, schema=seg.schema)
     return _ds().dataset(str(seg.path), format="parquet" if seg.format == "parquet" else "arrow").to_table()
+
+
+#: What a dataset scan raises on data its validation could not foresee: a value another
+#: engine's segment cannot hold in the table's type (a widened column), or a damaged
+#: Parquet file whose column chunks disagree in length once assembled into batches.
+_SCAN_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError)
+
+
+def _unreadable(trace: Trace, table: str, exc: BaseException) -> TraceFormatError:
+    return TraceFormatError(f"{trace.path}: table '{table}' cannot be read ({' '.join(str(exc).split())[:300]})")
+
+
+def _whole(trace: Trace, table: str) -> pa.Table:
+    """Every row of a small partitioned table (scalars, predictions)."""
+    try:
+        return trace.dataset(table).to_table()
+    except _SCAN_ERRORS as exc:
+        raise _unreadable(trace, table, exc) from None
 
 
 def _extended(base: pa.Schema, other: pa.Schema | None) -> pa.Schema:

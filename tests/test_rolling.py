@@ -154,3 +154,27 @@ def test_rolled_segments_wait_for_the_publishing_thread_and_are_never_lost_by_a_
     assert names == [f"part-{i:05d}.parquet" for i in range(6)]
     assert [pq.read_table(threaded / "records" / "rank-0" / n).column("step").to_pylist() for n in names] == [[s] for s in range(6)]
     assert not [p for p in (threaded / "records" / "rank-0").iterdir() if p.name.startswith(".")]
+
+
+def test_a_listing_taken_before_a_publication_still_finds_the_rows(tmp_path, monkeypatch):
+    """The directory was listed just before the publishing thread renamed the open segment and
+    removed it (seen in CI: a reader of a live trace counted 5 of 6 rows)."""
+    from tracefmt import safe_io
+    from tracefmt.segments import list_segments, open_segment
+
+    path = tmp_path / "t"
+    opts = tracefmt.WriterOptions(roll_steps=2, roll_seconds=None, flush_interval=0, publish_threads=0)
+    with tracefmt.TraceWriter(path, options=opts) as w:
+        w.write_nodes(TINY_NODES)
+        w.write_records([_row(0)])
+        w.flush()
+        rank_dir = path / "records" / "rank-0"
+        stale = list(safe_io.plain_entries(rank_dir))
+        assert [p.name for p in stale] == [".part-00000.open.arrow"]
+        w.write_records([_row(1)])
+        w.flush()  # published as part-00000.parquet, the open file removed
+        real = safe_io.plain_entries
+        monkeypatch.setattr(safe_io, "plain_entries", lambda d: stale if d == rank_dir else real(d))
+        segs = [open_segment(s) for s in list_segments(path, "records")]
+        assert [s.path.name for s in segs] == ["part-00000.parquet"]
+        assert sum(pq.read_metadata(s.path).num_rows for s in segs) == 2

@@ -208,9 +208,15 @@ def list_segments(trace_dir: Path, table: str, ranks: set[int] | None = None) ->
         closed = {segment_index(p.name) for p in entries if not p.name.startswith(".")}
         for p in entries:
             fmt = _SUFFIX_FORMAT.get(p.suffix)
+            m = OPEN_RE.match(p.name)
+            if m and int(m.group(1)) not in closed and not safe_io.is_regular_file(p):
+                # Published (and removed) since the directory was listed: read what it became.
+                published = _published_as(Segment(path=p, table=table, rank=rank, format="file"))
+                if published is not None:
+                    out.append(Segment(path=published, table=table, rank=rank, format=_SUFFIX_FORMAT[published.suffix]))
+                continue
             if not fmt or not safe_io.is_regular_file(p):
                 continue
-            m = OPEN_RE.match(p.name)
             if m:
                 # Published already (renamed, not yet removed): its rows are in the closed file.
                 if int(m.group(1)) not in closed:

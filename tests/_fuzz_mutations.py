@@ -342,7 +342,11 @@ def journal(rng: random.Random, trace: Path, scratch: Path) -> str:
         [{"x": 1}],
     ])  # fmt: skip
     output = rng.choice([segs[0] if segs else "x", os.path.relpath(victim, d), "manifest.json", 7, None])
-    (d / ".compact.json").write_text(json.dumps({"output": output, "replaces": replaces}))
+    target = d / ".compact.json"
+    if os.path.lexists(target) and not (target.is_file() and not target.is_symlink()):
+        # An earlier mutation made it a FIFO or a link: writing would block or escape.
+        return "journal:skipped(not a regular file)"
+    target.write_text(json.dumps({"output": output, "replaces": replaces}))
     return "journal"
 
 

@@ -443,7 +443,10 @@ def iter_batches(seg: Segment, *, columns: list[str] | None = None, batch_rows: 
         for b in seg.batches:
             yield select(b)
         return
-    yield from _iter_closed(seg, cols, batch_rows)
+    try:
+        yield from _iter_closed(seg, cols, batch_rows)
+    except (pa.ArrowException, OSError, ValueError) as exc:  # a damaged footer block no column check reached
+        raise TraceFormatError(f"{seg.path}: unreadable ({' '.join(str(exc).split())[:300]})") from None
 
 
 def _iter_closed(seg: Segment, cols: list[str] | None, batch_rows: int) -> Iterator[pa.RecordBatch]:

@@ -126,16 +126,22 @@ def test_torch_tracer_exposes_the_writer_options(tmp_path):
         tracefmt.WriterOptions(segment_format="csv")
 
 
+def _step_zero_in_an_open_segment(path):
+    """A writer rolling every 2 steps, publishing in its own thread, with step 0 flushed to an open segment."""
+    opts = tracefmt.WriterOptions(roll_steps=2, roll_seconds=None, flush_interval=0, publish_threads=0)
+    w = tracefmt.TraceWriter(path, options=opts)
+    w.write_nodes(TINY_NODES)
+    w.write_records([_row(0)])
+    w.flush()
+    return w
+
+
 def test_rolled_segments_wait_for_the_publishing_thread_and_are_never_lost_by_a_reader(tmp_path):
     """An open segment published between a reader's listing and its read is read from the closed file."""
     from tracefmt.segments import list_segments, open_segment
 
     path = tmp_path / "t"
-    opts = tracefmt.WriterOptions(roll_steps=2, roll_seconds=None, flush_interval=0, publish_threads=0)
-    with tracefmt.TraceWriter(path, options=opts) as w:
-        w.write_nodes(TINY_NODES)
-        w.write_records([_row(0)])
-        w.flush()
+    with _step_zero_in_an_open_segment(path) as w:
         listed = [s for s in list_segments(path, "records") if s.open]
         assert [s.path.name for s in listed] == [".part-00000.open.arrow"]
         w.write_records([_row(1)])
@@ -163,11 +169,7 @@ def test_a_listing_taken_before_a_publication_still_finds_the_rows(tmp_path, mon
     from tracefmt.segments import list_segments, open_segment
 
     path = tmp_path / "t"
-    opts = tracefmt.WriterOptions(roll_steps=2, roll_seconds=None, flush_interval=0, publish_threads=0)
-    with tracefmt.TraceWriter(path, options=opts) as w:
-        w.write_nodes(TINY_NODES)
-        w.write_records([_row(0)])
-        w.flush()
+    with _step_zero_in_an_open_segment(path) as w:
         rank_dir = path / "records" / "rank-0"
         stale = list(safe_io.plain_entries(rank_dir))
         assert [p.name for p in stale] == [".part-00000.open.arrow"]
